@@ -1,0 +1,23 @@
+"""Process-wide fixes that must run before TensorFlow is imported.
+
+kfp 2.17 needs protobuf 6, where `MessageFactory.GetPrototype` is gone; TensorFlow 2.17's
+pybind11 bridge still calls it at import and prints an AttributeError per call (functionally
+harmless: it falls back to serialization). Restoring the alias keeps the fast path and the
+console clean. TensorFlow's C++ INFO lines are silenced unless the user set the level.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+try:
+    from google.protobuf import message_factory as _message_factory
+except ImportError:  # protobuf not installed: nothing to fix
+    _message_factory = None
+
+if _message_factory is not None and not hasattr(_message_factory.MessageFactory, "GetPrototype"):
+
+    def _get_prototype(self, descriptor):
+        return _message_factory.GetMessageClass(descriptor)
+
+    _message_factory.MessageFactory.GetPrototype = _get_prototype
