@@ -38,18 +38,24 @@ install_system_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# pip, quiet, minus the noise of this machine's local find-links and of the known protobuf
+# conflict; a failing install still fails the script (pipefail).
+pip_install() {
+  "$VENV/bin/python" -m pip --disable-pip-version-check -q install "$@" 2>&1 | grep -v \
+    -e "Location 'file:" -e "dependency resolver does not currently" \
+    -e "tensorflow-cpu .* requires protobuf" >&2 || [[ ${PIPESTATUS[0]} -eq 0 ]]
+}
+
 install_python_packages() {
   if [[ ! -x "$VENV/bin/python" ]]; then
     log "creating $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
-  local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-  "${pip[@]}" install -c "$ROOT/constraints.txt" pip setuptools wheel
+  pip_install -c "$ROOT/constraints.txt" pip setuptools wheel
   log "installing TensorFlow $TF_VERSION and the project (this takes a few minutes the first time)"
-  "${pip[@]}" install -c "$ROOT/constraints.txt" -e "$ROOT[cpu,export,reports,train,dev]"
+  pip_install -c "$ROOT/constraints.txt" -e "$ROOT[cpu,export,reports,train,dev]"
   # kfp 2.17 wants protobuf 6, TensorFlow 2.17 declares <5 but runs on 6: a second resolver pass.
-  "${pip[@]}" install -c "$ROOT/constraints.txt" -e "$ROOT[pipeline]" 2>&1 \
-    | grep -v -e "dependency resolver does not currently" -e "tensorflow-cpu .* requires protobuf" >&2 || true
+  pip_install -c "$ROOT/constraints.txt" -e "$ROOT[pipeline]"
   "$VENV/bin/python" -c "import kfp, mlflow, tensorflow" 2>/dev/null \
     || { log "the pipeline extra did not install"; exit 1; }
 }
@@ -68,7 +74,7 @@ install_horovod() {
       "$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$cache" \
       "horovod==$HOROVOD_VERSION" >&2
   fi
-  "$VENV/bin/python" -m pip install -q --no-deps "$cache"/horovod-"$HOROVOD_VERSION"-*.whl
+  pip_install --no-deps "$cache"/horovod-"$HOROVOD_VERSION"-*.whl
   "$VENV/bin/python" -c "import horovod.tensorflow as hvd; assert hvd.gloo_built()" \
     || { log "horovod installed without gloo"; exit 1; }
 }
