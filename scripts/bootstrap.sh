@@ -75,7 +75,7 @@ install_horovod() {
       "horovod==$HOROVOD_VERSION" >&2
   fi
   pip_install --no-deps "$cache"/horovod-"$HOROVOD_VERSION"-*.whl
-  "$VENV/bin/python" -c "import horovod.tensorflow as hvd; assert hvd.gloo_built()" \
+  TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/python" -c "import efficientdet, horovod.tensorflow as hvd; assert hvd.gloo_built()" \
     || { log "horovod installed without gloo"; exit 1; }
 }
 
