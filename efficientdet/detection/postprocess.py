@@ -1,0 +1,177 @@
+"""Post-processing: scores, top-k candidates, box decoding, NMS, rescaling to the original image.
+
+Two methods:
+- ``"hard"``: per-class NMS with ``tf.image.combined_non_max_suppression`` (TF-TRT maps it onto
+  TensorRT's batched NMS plugin; it traces with a dynamic batch for SavedModel export).
+- ``"soft"``: class-agnostic Gaussian soft-NMS per image (the recipe's inference default; the
+  function's default stays "hard", the export-safe one). A box overlapping a kept box with IoU u
+  has its score multiplied by exp(-u**2 / (2 sigma)), TF's definition of ``soft_nms_sigma``, which
+  google/automl uses unchanged (sigma 0.5 -> exp(-u**2)); keeping its semantics keeps its AP.
+
+Candidates are the ``pre_nms_topk`` highest (anchor, class) scores of each image. Decoded boxes
+are clipped to the input image, then optionally divided by ``image_scales`` (input pixels per
+original pixel) and clipped to ``image_sizes`` (original height, width). Outputs are padded to
+``max_detections``; entries past ``num_detections`` are zeros.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from efficientdet.detection.anchors import Anchors, as_anchor_boxes
+from efficientdet.detection.box_coder import decode_boxes
+
+METHODS = ("hard", "soft")
+
+
+def _top_candidates(cls_flat, box_flat, anchor_boxes, pre_nms_topk):
+    """(boxes [B, k, 4], scores [B, k], classes [B, k] int32) of the best (anchor, class)."""
+    num_classes = cls_flat.shape[2]
+    logits = tf.reshape(cls_flat, [tf.shape(cls_flat)[0], -1])  # [B, N*K]
+    candidates = logits.shape[1]  # static when N is, which keeps exported shapes static
+    if candidates is not None:
+        k = min(pre_nms_topk, candidates)
+    else:
+        k = tf.minimum(pre_nms_topk, tf.shape(logits)[1])
+    # sigmoid is monotonic: rank the logits, squash only the k survivors
+    top_logits, top_index = tf.math.top_k(logits, k=k, sorted=True)
+    top_scores = tf.sigmoid(top_logits)
+    anchor_index = top_index // num_classes
+    classes = top_index % num_classes
+    codes = tf.gather(box_flat, anchor_index, batch_dims=1)  # [B, k, 4]
+    boxes = decode_boxes(codes, tf.gather(anchor_boxes, anchor_index))
+    return boxes, top_scores, classes
+
+
+def _clip(boxes, height, width):
+    """Clip [..., 4] boxes to [0, height] x [0, width] (broadcasting height/width)."""
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    return tf.stack(
+        [
+            tf.clip_by_value(ymin, 0.0, height),
+            tf.clip_by_value(xmin, 0.0, width),
+            tf.clip_by_value(ymax, 0.0, height),
+            tf.clip_by_value(xmax, 0.0, width),
+        ],
+        axis=-1,
+    )
+
+
+def _hard_nms(boxes, scores, classes, num_classes, max_detections, iou_threshold,
+              score_threshold):
+    # Each candidate carries its score only in its own class column; zeros never pass the
+    # (strict) score threshold of combined NMS, so a candidate competes only within its class.
+    class_scores = tf.one_hot(classes, num_classes, dtype=tf.float32) * scores[..., None]
+    nms_boxes, nms_scores, nms_classes, valid = tf.image.combined_non_max_suppression(
+        boxes[:, :, None, :],
+        class_scores,
+        max_output_size_per_class=max_detections,
+        max_total_size=max_detections,
+        iou_threshold=iou_threshold,
+        score_threshold=max(float(score_threshold), 0.0),
+        pad_per_class=False,
+        clip_boxes=False,
+    )
+    return nms_boxes, nms_scores, tf.cast(nms_classes, tf.int32), tf.cast(valid, tf.int32)
+
+
+def _soft_nms(boxes, scores, classes, max_detections, score_threshold, soft_nms_sigma):
+    def one_image(args):
+        image_boxes, image_scores, image_classes = args
+        keep, kept_scores = tf.image.non_max_suppression_with_scores(
+            image_boxes,
+            image_scores,
+            max_output_size=max_detections,
+            iou_threshold=1.0,  # pure Gaussian decay, no hard suppression
+            score_threshold=score_threshold,
+            soft_nms_sigma=soft_nms_sigma,  # exp(-u^2 / (2 sigma)), as google/automl
+        )
+        count = tf.shape(keep)[0]
+        pad = max_detections - count
+        out_boxes = tf.pad(tf.gather(image_boxes, keep), [[0, pad], [0, 0]])
+        out_scores = tf.pad(kept_scores, [[0, pad]])
+        out_classes = tf.pad(tf.gather(image_classes, keep), [[0, pad]])
+        return out_boxes, out_scores, out_classes, count
+
+    return tf.map_fn(
+        one_image,
+        (boxes, scores, classes),
+        fn_output_signature=(
+            tf.TensorSpec([max_detections, 4], tf.float32),
+            tf.TensorSpec([max_detections], tf.float32),
+            tf.TensorSpec([max_detections], tf.int32),
+            tf.TensorSpec([], tf.int32),
+        ),
+    )
+
+
+def postprocess(
+    cls_flat: tf.Tensor,
+    box_flat: tf.Tensor,
+    anchors,
+    *,
+    method: str = "hard",
+    max_detections: int = 100,
+    pre_nms_topk: int = 5000,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.001,
+    soft_nms_sigma: float = 0.5,
+    image_scales=None,
+    image_sizes=None,
+):
+    """Detections from flattened model outputs.
+
+    Args:
+      cls_flat: [B, N, K] class logits in anchor order; box_flat: [B, N, 4] box codes.
+      anchors: ``Anchors`` (boxes are then clipped to its input image) or [N, 4] boxes.
+      method: "hard" (per-class NMS at ``iou_threshold``) or "soft" (class-agnostic Gaussian
+        soft-NMS with ``soft_nms_sigma``).
+      image_scales: optional [B] (or [B, 2] as y, x) input-pixels-per-original-pixel; boxes are
+        divided by it to return to the original image.
+      image_sizes: optional [B, 2] original (height, width) to clip the rescaled boxes to.
+
+    Returns:
+      boxes [B, D, 4] float32 (ymin, xmin, ymax, xmax), scores [B, D] float32, classes [B, D]
+      int32 (class index), num_detections [B] int32, with D = max_detections.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if max_detections < 1 or pre_nms_topk < 1:
+        raise ValueError(
+            f"max_detections and pre_nms_topk must be >= 1, got {max_detections}, "
+            f"{pre_nms_topk}"
+        )
+    if method == "soft" and soft_nms_sigma <= 0:
+        raise ValueError(f"soft_nms_sigma must be positive, got {soft_nms_sigma}")
+    cls_flat = tf.cast(cls_flat, tf.float32)
+    box_flat = tf.cast(box_flat, tf.float32)
+    num_classes = cls_flat.shape[-1]
+    if num_classes is None:
+        raise ValueError("cls_flat needs a static number of classes (last dimension)")
+    anchor_boxes = as_anchor_boxes(anchors)
+
+    boxes, scores, classes = _top_candidates(cls_flat, box_flat, anchor_boxes, pre_nms_topk)
+    if isinstance(anchors, Anchors):
+        height, width = anchors.image_size
+        boxes = _clip(boxes, float(height), float(width))
+
+    if method == "hard":
+        boxes, scores, classes, num = _hard_nms(
+            boxes, scores, classes, num_classes, max_detections, iou_threshold, score_threshold
+        )
+    else:
+        boxes, scores, classes, num = _soft_nms(
+            boxes, scores, classes, max_detections, score_threshold, soft_nms_sigma
+        )
+
+    valid = tf.range(max_detections)[None, :] < num[:, None]  # [B, D]
+    if image_scales is not None:
+        scales = tf.cast(image_scales, tf.float32)
+        scales = tf.reshape(scales, [tf.shape(boxes)[0], -1])  # [B, 1] or [B, 2] (y, x)
+        scales = tf.tile(scales, [1, 4 // tf.shape(scales)[1]])[:, None, :]  # [B, 1, 4]
+        boxes = boxes / scales
+    if image_sizes is not None:
+        sizes = tf.cast(tf.reshape(image_sizes, [-1, 2]), tf.float32)
+        boxes = _clip(boxes, sizes[:, 0, None], sizes[:, 1, None])
+    boxes = tf.where(valid[..., None], boxes, 0.0)
+    return boxes, scores, classes, num

@@ -1,0 +1,186 @@
+"""Post-processing: hard per-class NMS, Gaussian soft-NMS, rescaling, dynamic batch, export."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientdet.detection.anchors import Anchors
+from efficientdet.detection.postprocess import postprocess
+from efficientdet.detection.targets import encode_targets
+
+LOW = -20.0  # sigmoid(-20) = 2e-9, below the 0.001 score threshold
+
+
+def logit(p):
+    return math.log(p / (1 - p))
+
+
+# Anchors double as the decoded boxes (box codes are zero).
+BOXES = tf.constant([
+    [0, 0, 10, 10],    # B0
+    [0, 1, 10, 11],    # B1: IoU with B0 = 90 / 110 = 0.818
+    [50, 50, 60, 60],  # B2: far away
+], tf.float32)
+IOU01 = 90 / 110
+
+
+def crafted_outputs():
+    cls = np.full([1, 3, 2], LOW, np.float32)
+    cls[0, 0, 0] = logit(0.9)  # B0 class 0
+    cls[0, 1, 0] = logit(0.8)  # B1 class 0: overlaps B0 in the same class
+    cls[0, 1, 1] = logit(0.7)  # B1 class 1: overlaps B0 in another class
+    cls[0, 2, 1] = logit(0.6)  # B2 class 1
+    return tf.constant(cls), tf.zeros([1, 3, 4])
+
+
+def test_hard_nms_suppresses_within_a_class_only():
+    boxes, scores, classes, num = postprocess(*crafted_outputs(), BOXES, method="hard",
+                                              max_detections=5)
+    assert num.numpy().tolist() == [3]
+    np.testing.assert_allclose(scores[0].numpy(), [0.9, 0.7, 0.6, 0, 0], rtol=1e-5)
+    assert classes.dtype == tf.int32
+    assert classes[0, :3].numpy().tolist() == [0, 1, 1]
+    np.testing.assert_allclose(boxes[0, :3].numpy(), BOXES.numpy()[[0, 1, 2]], atol=1e-4)
+    np.testing.assert_array_equal(boxes[0, 3:].numpy(), np.zeros([2, 4]))
+
+
+def test_hard_nms_iou_threshold_is_respected():
+    # at IoU threshold 0.9 the 0.818 overlap no longer suppresses
+    _, scores, _, num = postprocess(*crafted_outputs(), BOXES, method="hard",
+                                    iou_threshold=0.9, max_detections=5)
+    assert num.numpy().tolist() == [4]
+    np.testing.assert_allclose(scores[0, :4].numpy(), [0.9, 0.8, 0.7, 0.6], rtol=1e-5)
+
+
+def test_soft_nms_decays_overlaps_by_the_gaussian():
+    boxes, scores, classes, num = postprocess(*crafted_outputs(), BOXES, method="soft",
+                                              max_detections=5, soft_nms_sigma=0.5)
+    decay = math.exp(-IOU01**2 / (2 * 0.5))  # exp(-iou^2 / (2 sigma)), TF's and automl's
+    # greedy: 0.9 (B0 c0) kept; both B1 candidates decayed by `decay`; 0.6 (B2) next;
+    # then B1 c0 (0.8*decay), which decays B1 c1 again by exp(-1^2 / (2 * 0.5)) (class-agnostic)
+    expected = [0.9, 0.6, 0.8 * decay, 0.7 * decay * math.exp(-1 / (2 * 0.5))]
+    assert num.numpy().tolist() == [4]
+    np.testing.assert_allclose(scores[0].numpy(), expected + [0.0], rtol=1e-4)
+    assert classes[0, :4].numpy().tolist() == [0, 1, 0, 1]
+    np.testing.assert_allclose(boxes[0, :4].numpy(), BOXES.numpy()[[0, 2, 1, 1]], atol=1e-4)
+
+
+def test_score_threshold_and_pre_nms_topk():
+    _, scores, _, num = postprocess(*crafted_outputs(), BOXES, method="hard",
+                                    score_threshold=0.65, max_detections=5)
+    assert num.numpy().tolist() == [2]
+    np.testing.assert_allclose(scores[0, :2].numpy(), [0.9, 0.7], rtol=1e-5)
+    for method in ("hard", "soft"):
+        _, scores, _, num = postprocess(*crafted_outputs(), BOXES, method=method,
+                                        pre_nms_topk=1, max_detections=5)
+        assert num.numpy().tolist() == [1]
+        assert scores[0, 0].numpy() == pytest.approx(0.9, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["hard", "soft"])
+def test_rescaling_to_the_original_image(method):
+    cls, box = crafted_outputs()
+    cls, box = tf.concat([cls, cls], 0), tf.concat([box, box], 0)
+    kwargs = {"method": method, "max_detections": 5}
+    plain = postprocess(cls, box, BOXES, **kwargs)[0].numpy()
+    # image 0 was downscaled by 0.5 (boxes double), image 1 by 0.25 in y and 0.5 in x
+    scaled = postprocess(cls, box, BOXES, image_scales=tf.constant([0.5, 1.0]), **kwargs)[0]
+    np.testing.assert_allclose(scaled[0].numpy(), plain[0] * 2, atol=1e-4)
+    np.testing.assert_allclose(scaled[1].numpy(), plain[1], atol=1e-4)
+    per_axis = postprocess(cls, box, BOXES, image_scales=tf.constant([[0.25, 0.5], [1, 1]]),
+                           **kwargs)[0]
+    np.testing.assert_allclose(per_axis[0].numpy(), plain[0] * [4, 2, 4, 2], atol=1e-4)
+    # clipped to original sizes (height, width): image 0 is 100 x 105 after scaling by 2
+    clipped = postprocess(cls, box, BOXES, image_scales=tf.constant([0.5, 1.0]),
+                          image_sizes=tf.constant([[100, 105], [55, 8]]), **kwargs)[0].numpy()
+    expected0 = np.minimum(plain[0] * 2, [100, 105, 100, 105])
+    expected1 = np.minimum(plain[1], [55, 8, 55, 8])
+    num = postprocess(cls, box, BOXES, **kwargs)[3].numpy()
+    expected0[num[0]:] = 0
+    expected1[num[1]:] = 0
+    np.testing.assert_allclose(clipped[0], expected0, atol=1e-4)
+    np.testing.assert_allclose(clipped[1], expected1, atol=1e-4)
+
+
+def test_boxes_are_clipped_to_the_input_image_when_anchors_know_it():
+    anchors = Anchors(3, 4, 1, [1.0], 4.0, 32)  # level 3 first anchor: [-12, -12, 20, 20]
+    cls = np.full([1, anchors.num_anchors, 1], LOW, np.float32)
+    cls[0, 0, 0] = 5.0
+    boxes, _, _, num = postprocess(tf.constant(cls), tf.zeros([1, anchors.num_anchors, 4]),
+                                   anchors)
+    assert num.numpy().tolist() == [1]
+    np.testing.assert_allclose(boxes[0, 0].numpy(), [0, 0, 20, 20])
+
+
+@pytest.mark.parametrize("method", ["hard", "soft"])
+def test_perfect_predictions_recover_the_ground_truth(method):
+    anchors = Anchors(3, 7, 3, [1.0, 2.0, 0.5], 4.0, 128)
+    gt_boxes = tf.constant([[10, 10, 50, 60], [70, 20, 120, 90], [5, 90, 30, 125]], tf.float32)
+    gt_classes = tf.constant([2, 0, 2])
+    targets = encode_targets(anchors, gt_boxes, gt_classes)
+    cls = tf.where(tf.one_hot(targets["cls_targets"], 3) > 0, 8.0, LOW)[None]
+    boxes, _, classes, num = postprocess(cls, targets["box_targets"][None], anchors,
+                                         method=method, iou_threshold=0.5)
+    # hard NMS leaves one box per object; soft-NMS keeps the duplicates with decayed scores,
+    # so its 3 best detections are the 3 objects
+    if method == "hard":
+        assert num.numpy().tolist() == [3]
+    found = {(int(c), tuple(np.round(b, 2))) for b, c in zip(boxes[0, :3].numpy(),
+                                                               classes[0, :3].numpy())}
+    expected = {(int(c), tuple(np.round(b, 2))) for b, c in zip(gt_boxes.numpy(),
+                                                              gt_classes.numpy())}
+    assert found == expected
+
+
+@pytest.mark.parametrize("method", ["hard", "soft"])
+def test_traceable_with_dynamic_batch(method):
+    anchors = Anchors(3, 4, 3, [1.0, 2.0, 0.5], 4.0, 32)
+    n = anchors.num_anchors
+
+    @tf.function(input_signature=[tf.TensorSpec([None, n, 4], tf.float32),
+                                  tf.TensorSpec([None, n, 4], tf.float32),
+                                  tf.TensorSpec([None], tf.float32)])
+    def detect(cls, box, scales):
+        return postprocess(cls, box, anchors, method=method, max_detections=7,
+                           image_scales=scales)
+
+    rng = np.random.default_rng(0)
+    for batch in (1, 3):
+        cls = tf.constant(rng.normal(size=(batch, n, 4)), tf.float32)
+        box = tf.constant(rng.normal(size=(batch, n, 4)) * 0.1, tf.float32)
+        boxes, scores, classes, num = detect(cls, box, tf.ones([batch]))
+        assert boxes.shape == (batch, 7, 4) and scores.shape == (batch, 7)
+        assert classes.shape == (batch, 7) and num.shape == (batch,)
+        eager = postprocess(cls, box, anchors, method=method, max_detections=7)
+        np.testing.assert_allclose(scores.numpy(), eager[1].numpy(), rtol=1e-5)
+
+
+def test_hard_nms_survives_a_saved_model_round_trip(tmp_path):
+    anchors = Anchors(3, 4, 3, [1.0, 2.0, 0.5], 4.0, 32)
+    n = anchors.num_anchors
+    module = tf.Module()
+    module.detect = tf.function(
+        lambda cls, box: postprocess(cls, box, anchors, method="hard", max_detections=5),
+        input_signature=[tf.TensorSpec([None, n, 2], tf.float32),
+                         tf.TensorSpec([None, n, 4], tf.float32)],
+    )
+    # the op TF-TRT maps onto TensorRT's NMS plugin is in the traced graph
+    graph = module.detect.get_concrete_function().graph
+    assert "CombinedNonMaxSuppression" in {op.type for op in graph.get_operations()}
+    tf.saved_model.save(module, str(tmp_path / "nms"))
+    loaded = tf.saved_model.load(str(tmp_path / "nms"))
+    rng = np.random.default_rng(1)
+    cls = tf.constant(rng.normal(size=(2, n, 2)), tf.float32)
+    box = tf.zeros([2, n, 4])
+    for a, b in zip(loaded.detect(cls, box), postprocess(cls, box, anchors, max_detections=5)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+
+
+def test_bad_arguments_are_named():
+    cls, box = crafted_outputs()
+    with pytest.raises(ValueError, match="method"):
+        postprocess(cls, box, BOXES, method="fast")
+    with pytest.raises(ValueError, match="soft_nms_sigma"):
+        postprocess(cls, box, BOXES, method="soft", soft_nms_sigma=0.0)
