@@ -1,10 +1,76 @@
 """`effdet evaluate`: COCO mAP or top-1/top-5 of a model, or score a COCO detections file."""
 
+from __future__ import annotations
+
+import json
+
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="COCO mAP or top-1/top-5 of a model, or score a COCO detections file", description="COCO mAP or top-1/top-5 of a model, or score a COCO detections file.")
+    p = sub.add_parser(
+        "evaluate",
+        help="COCO mAP or top-1/top-5 of a model, or score a COCO detections file",
+        description="Evaluate a model (artifact, SavedModel or ONNX) on converted TFRecords "
+        "(--model + --data), or score a COCO results-format detections file against COCO "
+        "annotations (--annotations + --detections).",
+    )
+    p.add_argument("--model", metavar="URI", help="model artifact dir, SavedModel dir or .onnx")
+    p.add_argument("--data", metavar="URI", help="converted dataset dir (TFRecord shards)")
+    p.add_argument("--annotations", metavar="FILE", help="COCO instances JSON (ground truth)")
+    p.add_argument("--detections", metavar="FILE", help="COCO results-format detections JSON")
+    p.add_argument("--output", metavar="DIR", help="write metrics.json, detections.json, reports")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N")
+    p.add_argument("--no-report", action="store_true", help="skip PR curves / charts / HTML")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(handler=run)
 
 
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    from efficientdet.evaluation.coco import format_metrics
+
+    if result.get("task") == "classification":
+        for k, v in result["metrics"].items():
+            print(f"{k:<6} {v:.4f}")
+        return
+    print(format_metrics(result["metrics"]))
+    for name, ap in result.get("per_class_ap", {}).items():
+        print(f"  AP[{name}] = {'n/a' if ap is None else f'{ap:.4f}'}")
+
+
 def run(args) -> int:
-    raise SystemExit("effdet evaluate: not built yet")
+    from efficientdet.cli import UsageError
+
+    file_mode = args.annotations or args.detections
+    model_mode = args.model or args.data
+    if file_mode and model_mode:
+        raise UsageError("give either --model/--data or --annotations/--detections, not both")
+    if file_mode:
+        if not (args.annotations and args.detections):
+            raise UsageError("--annotations and --detections go together")
+        from efficientdet.evaluation.evaluate import evaluate_detections_file
+
+        try:
+            result = evaluate_detections_file(args.annotations, args.detections,
+                                              output_dir=args.output,
+                                              report=not args.no_report)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        _print(result, args.json)
+        return 0
+    if not (args.model and args.data):
+        raise UsageError("need --model and --data (or --annotations and --detections)")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from efficientdet.evaluation.evaluate import evaluate_model
+
+    try:
+        result = evaluate_model(args.model, args.data, batch_size=args.batch_size,
+                                output_dir=args.output, max_images=args.max_images,
+                                report=not args.no_report)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    _print(result, args.json)
+    return 0

@@ -1,10 +1,68 @@
 """`effdet export`: export a model as SavedModel, TF-TRT or ONNX, with a parity check."""
 
+from __future__ import annotations
+
+import json
+import sys
+
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="export a model as SavedModel, TF-TRT or ONNX, with a parity check", description="Export a model as SavedModel, TF-TRT or ONNX, with a parity check.")
+    p = sub.add_parser(
+        "export", help="export a model as SavedModel, TF-TRT or ONNX, with a parity check",
+        description="Export a model artifact as a serving SavedModel (uint8 images or encoded "
+        "bytes in, boxes in original pixels out), TF-TRT (NGC image with a GPU) or ONNX. With "
+        "--data, the export is evaluated against the source model and an AP drop larger than "
+        "--max-ap-drop fails the command (exit 1).")
+    p.add_argument("--model", required=True, metavar="URI", help="model artifact dir")
+    p.add_argument("--output", required=True, metavar="URI", help="output dir (local or s3://)")
+    p.add_argument("--format", default="saved_model", choices=("saved_model", "tf-trt", "onnx"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+                   help="TF-TRT precision")
+    p.add_argument("--calibration-data", metavar="URI", help="TFRecords for INT8 calibration")
+    p.add_argument("--nms", default="hard", choices=("hard", "soft"))
+    p.add_argument("--max-detections", type=int, default=100)
+    p.add_argument("--score-threshold", type=float, default=0.001)
+    p.add_argument("--data", metavar="URI", help="eval TFRecords for the parity check")
+    p.add_argument("--max-ap-drop", type=float, default=0.01,
+                   help="largest allowed AP (or top-1) drop, absolute (default 0.01)")
+    p.add_argument("--max-images", type=int, default=None, help="parity on the first N images")
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    raise SystemExit("effdet export: not built yet")
+    from efficientdet.cli import UsageError
+    from efficientdet.export import export_model
+    from efficientdet.export.onnx import OnnxExportError
+    from efficientdet.export.tftrt import TensorRTUnavailable
+
+    try:
+        report = export_model(args.model, args.output, fmt=args.format,
+                              precision=args.precision, calibration_data=args.calibration_data,
+                              nms=args.nms, data_uri=args.data, max_ap_drop=args.max_ap_drop,
+                              max_images=args.max_images, max_detections=args.max_detections,
+                              score_threshold=args.score_threshold)
+    except (TensorRTUnavailable, OnnxExportError) as exc:
+        print(f"effdet export: {exc}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    parity = report.get("parity")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"exported {args.format} to {args.output}")
+        if "onnx_check" in report:
+            print(f"onnxruntime check: {report['onnx_check']}")
+        if parity is None:
+            print("parity check: not run (no --data given)")
+    if parity is not None:
+        line = (f"parity {parity['metric']}: source {parity['source']:.4f}, exported "
+                f"{parity['exported']:.4f}, drop {parity['drop']:+.4f} "
+                f"(max {parity['max_drop']})")
+        if not args.json:
+            print(line)
+        if not parity["passed"]:
+            print(f"effdet export: parity check failed: {line}", file=sys.stderr)
+            return 1
+    return 0

@@ -1,0 +1,24 @@
+"""Evaluate the trained model: COCO mAP (detection) or top-1/top-5 (classification)."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.images import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def evaluate(model: Input[Model], val_data: Input[Dataset], batch_size: int, work_uri: str,
+             kfp_run_id: str, kfp_task: str, metrics: Output[Metrics], report: Output[HTML],
+             summary: Output[Markdown]):
+    """Scalars land in `metrics` (the UI's compare view) and in the step's MLflow run."""
+    from efficientdet.pipeline import runs, steps
+
+    with runs.step_context(kfp_run_id, kfp_task):
+        out = steps.output_dir(work_uri, kfp_run_id, kfp_task, report.path + ".d")
+        result, md, html = steps.evaluate(model.metadata.get("uri") or model.path,
+                                          val_data.metadata.get("uri") or val_data.path, out,
+                                          batch_size=batch_size)
+    for key, value in result.items():
+        metrics.log_metric(key, value)
+    steps.write_text(report.path, html)
+    steps.write_text(summary.path, md)

@@ -1,0 +1,25 @@
+"""Export the model (SavedModel with pre/post-processing, ONNX, TF-TRT) with a parity check."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.images import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def export(model: Input[Model], val_data: Input[Dataset], formats: str, max_ap_drop: float,
+           work_uri: str, kfp_run_id: str, kfp_task: str, exported: Output[Model],
+           metrics: Output[Metrics], summary: Output[Markdown]):
+    """formats: comma-separated subset of saved_model,onnx,tf-trt. Each export is scored
+    against the source model on val_data; an AP (top-1) drop above max_ap_drop fails."""
+    from efficientdet.pipeline import runs, steps
+
+    with runs.step_context(kfp_run_id, kfp_task):
+        out = steps.output_dir(work_uri, kfp_run_id, kfp_task, exported.path)
+        result, md = steps.export(model.metadata.get("uri") or model.path, out, formats=formats,
+                                  data_uri=val_data.metadata.get("uri") or val_data.path,
+                                  max_ap_drop=max_ap_drop)
+    exported.metadata.update({"uri": out, "formats": formats})
+    for key, value in result.items():
+        metrics.log_metric(key, value)
+    steps.write_text(summary.path, md)

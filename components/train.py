@@ -1,0 +1,40 @@
+"""Distributed training: an MPIJob in a cluster, `horovodrun --gloo` elsewhere (a Model artifact)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.images import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Dataset],
+          model_name: str, image_size: int, steps: int, epochs: float, batch_size: int,
+          workers: int, gpus_per_worker: int, amp: bool, xla: bool, launcher: str,
+          train_image: str, worker_cpu: str, worker_memory: str, node_selector: str,
+          s3_secret: str, mlflow_secret: str, cleanup: str, deadline_seconds: int,
+          work_uri: str, kfp_run_id: str, kfp_task: str, model: Output[Model],
+          metrics: Output[Metrics], summary: Output[Markdown]):
+    """Ranks = workers x max(1, gpus_per_worker). For training settings 0 / "" keep the
+    recipe's value; workers=0, gpus_per_worker=-1 and "" resources take the cluster's defaults."""
+    from efficientdet.pipeline import runs
+    from efficientdet.pipeline import steps as st
+
+    train_uri = train_data.metadata.get("uri") or train_data.path
+    val_uri = val_data.metadata.get("uri") or val_data.path
+    with runs.step_context(kfp_run_id, kfp_task):
+        out = st.output_dir(work_uri, kfp_run_id, kfp_task, model.path)
+        args = st.train_args(recipe=recipe, train_data=train_uri, val_data=val_uri, output=out,
+                             model=model_name, image_size=image_size, steps=steps, epochs=epochs,
+                             batch_size=batch_size, amp=amp, xla=xla, extra=[f"task={task}"])
+        backend = st.make_backend(launcher, workers=workers, gpus_per_worker=gpus_per_worker,
+                                  image=train_image, run_id=kfp_run_id, task=kfp_task,
+                                  cpu=worker_cpu, memory=worker_memory, node_selector=node_selector,
+                                  s3_secret=s3_secret, mlflow_secret=mlflow_secret,
+                                  cleanup=cleanup, deadline_s=deadline_seconds)
+        result, md = st.train(args, out, backend, data_uris=(train_uri, val_uri))
+    model.metadata.update({"uri": result["model_uri"], "task": task,
+                           "mlflow_run_id": result.get("mlflow_run_id") or ""})
+    for key, value in result.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(key, value)
+    st.write_text(summary.path, md)

@@ -1,0 +1,236 @@
+"""One interface over every form a model takes: artifact, exported SavedModel (also TF-TRT) and
+ONNX file. Evaluation, predict, the parity check and the benchmark all go through it.
+
+A runner takes a list of uint8 RGB images [H, W, 3] (any sizes) and returns per-image results:
+detection -> {"boxes" [D, 4] ymin/xmin/ymax/xmax in original pixels, "scores" [D],
+"category_ids" [D]}; classification -> {"probabilities" [K], "top_classes", "top_scores"}.
+`run_batch` takes one same-size uint8 batch [N, H, W, 3] and returns the raw outputs (what the
+benchmark times).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def _groups_of_equal_shape(images: list[np.ndarray], batch_size: int):
+    """Consecutive runs of same-shape images, at most batch_size long: (start, arrays)."""
+    start = 0
+    while start < len(images):
+        end = start + 1
+        while (end < len(images) and end - start < batch_size
+               and images[end].shape == images[start].shape):
+            end += 1
+        yield start, images[start:end]
+        start = end
+
+
+def _check_images(images) -> list[np.ndarray]:
+    out = []
+    for i, im in enumerate(images):
+        im = np.asarray(im)
+        if im.ndim != 3 or im.shape[-1] != 3 or im.dtype != np.uint8:
+            raise ValueError(f"image {i}: expected uint8 [H, W, 3], got {im.dtype} {im.shape}")
+        out.append(im)
+    return out
+
+
+def split_outputs(task: str, outputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Batched outputs -> one dict per image (detections cut at num_detections)."""
+    if task == "detection":
+        results = []
+        for i, n in enumerate(np.asarray(outputs["num_detections"]).reshape(-1)):
+            n = int(n)
+            results.append({"boxes": np.asarray(outputs["boxes"][i][:n], np.float32),
+                            "scores": np.asarray(outputs["scores"][i][:n], np.float32),
+                            "category_ids": np.asarray(outputs["category_ids"][i][:n], np.int64)})
+        return results
+    return [{k: np.asarray(v[i]) for k, v in outputs.items()}
+            for i in range(len(outputs["probabilities"]))]
+
+
+class Runner:
+    """Common behaviour; subclasses implement `run_batch`."""
+
+    task: str = "detection"
+    label_map: dict[int, str]
+    image_size: tuple[int, int]
+    meta: dict[str, Any]
+
+    def run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def predict(self, images, batch_size: int = 8) -> list[dict[str, np.ndarray]]:
+        images = _check_images(images)
+        results: list[dict[str, np.ndarray]] = []
+        for _, group in _groups_of_equal_shape(images, batch_size):
+            results.extend(split_outputs(self.task, self.run_batch(np.stack(group))))
+        return results
+
+
+def _meta_label_map(meta: dict) -> dict[int, str]:
+    lm = meta.get("label_map") or {}
+    if isinstance(lm, dict) and "classes" in lm:
+        lm = lm["classes"]
+    if isinstance(lm, list):
+        return {int(c["id"]): str(c.get("name", c["id"])) for c in lm}
+    return {int(k): str(v) for k, v in lm.items()}
+
+
+class ModuleRunner(Runner):
+    """An in-memory model wrapped in `Detector`/`Classifier` (the exact graph that is exported).
+
+    Mixed sizes are resized and padded image by image and then run as one batch."""
+
+    def __init__(self, module, meta: dict):
+        import tensorflow as tf
+
+        self.module = module
+        self.meta = meta
+        self.task = meta.get("task", "detection")
+        self.label_map = _meta_label_map(meta)
+        self.image_size = tuple(module.image_size)
+        self._tf = tf
+
+    def run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in self.module.serve_images(
+            self._tf.constant(images, self._tf.uint8)).items()}
+
+    def predict(self, images, batch_size: int = 8):
+        from efficientdet.inference.detector import resize_and_pad
+
+        tf = self._tf
+        images = _check_images(images)
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            padded, scales = zip(*(resize_and_pad(tf.constant(im[None]), self.image_size)
+                                   for im in chunk))
+            batch = tf.concat(padded, 0)
+            if self.task == "detection":
+                sizes = tf.constant([im.shape[:2] for im in chunk], tf.int32)
+                out = self._detect(batch, tf.concat(scales, 0), sizes)
+            else:
+                out = self._classify(batch)
+            results.extend(split_outputs(self.task, {k: v.numpy() for k, v in out.items()}))
+        return results
+
+    def _detect(self, batch, scales, sizes):
+        if not hasattr(self, "_detect_fn"):
+            self._detect_fn = self._tf.function(self.module.detect_padded)
+        return self._detect_fn(batch, scales, sizes)
+
+    def _classify(self, batch):
+        if not hasattr(self, "_classify_fn"):
+            self._classify_fn = self._tf.function(self.module.classify_padded)
+        return self._classify_fn(batch)
+
+
+class SavedModelRunner(Runner):
+    """An exported SavedModel (plain or TF-TRT converted), called via `serving_default`."""
+
+    def __init__(self, path: str | Path):
+        import tensorflow as tf
+
+        self.path = Path(path)
+        self._loaded = tf.saved_model.load(str(self.path))
+        self._fn = self._loaded.signatures["serving_default"]
+        self.meta = _sidecar_meta(self.path)
+        self.task = self.meta.get("task", "detection")
+        self.label_map = _meta_label_map(self.meta)
+        self.image_size = tuple(self.meta.get("input_size") or (0, 0))
+        self._tf = tf
+
+    def run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._fn(images=self._tf.constant(images, self._tf.uint8))
+        return {k: v.numpy() for k, v in out.items()}
+
+
+class OnnxRunner(Runner):
+    """An ONNX file from `effdet export --format onnx`, run with onnxruntime on CPU."""
+
+    def __init__(self, path: str | Path):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(str(self.path), opts,
+                                             providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        self.meta = _sidecar_meta(self.path.parent)
+        self.task = self.meta.get("task", "detection")
+        self.label_map = _meta_label_map(self.meta)
+        self.image_size = tuple(self.meta.get("input_size") or (0, 0))
+
+    def run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        values = self._session.run(self._outputs, {self._input: images.astype(np.uint8)})
+        return dict(zip(self._outputs, values))
+
+
+def _sidecar_meta(directory: Path) -> dict:
+    """model.json written beside an export (task, label map, input size)."""
+    path = Path(directory) / "model.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def served_module(model, meta: dict, *, nms: str = "hard", max_detections: int = 100,
+                  score_threshold: float = 0.001, iou_threshold: float = 0.5,
+                  pre_nms_topk: int = 5000, soft_nms_sigma: float = 0.5):
+    """Wrap a pure model from an artifact in `Detector` or `Classifier` per meta["task"]."""
+    from efficientdet.inference.detector import Classifier, Detector
+
+    task = meta.get("task", "detection")
+    if task == "classification":
+        return Classifier(model, image_size=meta["image_size"])
+    if task != "detection":
+        raise ValueError(f"model.json: unknown task {task!r}")
+    from efficientdet.detection.anchors import Anchors
+
+    anchors = Anchors.from_config(model_config(meta), image_size=meta["image_size"])
+    return Detector(model, image_size=meta["image_size"], num_classes=int(meta["num_classes"]),
+                    anchors=anchors, nms=nms, max_detections=max_detections,
+                    score_threshold=score_threshold, iou_threshold=iou_threshold,
+                    pre_nms_topk=pre_nms_topk, soft_nms_sigma=soft_nms_sigma)
+
+
+def model_config(meta: dict):
+    """The model config an artifact was built with (variant + overrides from model.json)."""
+    from efficientdet.models.configs import get_config
+
+    # Overrides are build_model arguments; sync_bn changes training only, not the config.
+    overrides = {k: v for k, v in (meta.get("overrides") or {}).items() if k != "sync_bn"}
+    return get_config(meta["model"], **overrides)
+
+
+def load_runner(uri: str, *, nms: str = "hard", **detector_options) -> Runner:
+    """A runner for a model URI: an artifact dir (model.json + weights), an exported SavedModel
+    dir, or an .onnx file (s3:// URIs are fetched to a local cache first)."""
+    local = Path(fetch_local(uri))
+    if local.is_file() and local.suffix == ".onnx":
+        return OnnxRunner(local)
+    if local.is_dir() and (local / SAVED_MODEL_FILE).is_file():
+        return SavedModelRunner(local)
+    if local.is_dir() and (local / "model.onnx").is_file() and not (local / "model.weights.h5").exists():
+        return OnnxRunner(local / "model.onnx")
+    if local.is_dir() and (local / "model.json").is_file():
+        from efficientdet.models.artifact import load_artifact
+
+        model, meta = load_artifact(str(local))
+        return ModuleRunner(served_module(model, meta, nms=nms, **detector_options), meta)
+    raise ValueError(f"--model {uri}: not a model artifact (model.json + model.weights.h5), an "
+                     f"exported SavedModel ({SAVED_MODEL_FILE}) or an .onnx file")
+
+
+def fetch_local(uri: str) -> str:
+    """Local path for a URI; s3:// objects/prefixes are downloaded to a temp cache."""
+    from efficientdet import storage
+
+    return str(storage.sync_to_local(str(uri)))

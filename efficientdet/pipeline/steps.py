@@ -1,0 +1,367 @@
+"""What each pipeline step does, as plain functions over paths and URIs.
+
+The Kubeflow components in `components/` are shells that hand their artifact paths to these
+functions, so a step runs the same in a cluster, under `kfp.local` and in a test. Each step
+logs into its MLflow run (nested under the pipeline's parent run, see `runs`) and returns a
+Markdown summary that links to that run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from efficientdet import storage, tracking
+from efficientdet.pipeline import launcher, runs
+
+TASKS = ("detection", "classification")
+
+
+class StepError(RuntimeError):
+    """A step's input is unusable; the message names it."""
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise StepError(f"task {task!r}: use one of {', '.join(TASKS)}")
+
+
+def _table(rows: dict) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+              for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+# -- convert ---------------------------------------------------------------------------------------
+def convert(task: str, source: str, images: str, output: str, *, num_shards: int = 0) -> tuple[dict, str]:
+    """Converts a COCO set (detection: SOURCE = annotations JSON, IMAGES = folder) or a
+    class-per-folder tree (classification: SOURCE = root) into OUTPUT. Returns (report, markdown)."""
+    _check_task(task)
+    if not source:
+        raise StepError("convert: the source URI is empty")
+    with tracking.step_run("convert", params={"task": task, "source": source, "images": images,
+                                              "output": output, "num_shards": num_shards}):
+        if task == "detection":
+            if not images:
+                raise StepError("convert: detection needs the images URI")
+            from efficientdet.data.convert_coco import convert_coco
+
+            report = convert_coco(source, images, output, num_shards=num_shards or None,
+                                  progress=False)
+        else:
+            from efficientdet.data.convert_imagenet import convert_imagenet
+
+            report = convert_imagenet(source, output, num_shards=num_shards or None, progress=False)
+        scalars = {k: v for k, v in _flat_numbers(report).items()}
+        tracking.log_metrics(scalars)
+        tracking.log_dict(report, "conversion_report.json")
+        run_id = tracking.active_run_id()
+    md = (f"## Conversion ({task})\n\nSource `{source}` -> `{output}`\n\n{_table(scalars)}\n\n"
+          f"{runs.run_reference(run_id)}\n")
+    return report, md
+
+
+def _flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            out[key] = float(v)
+        elif isinstance(v, dict) and len(v) <= 20 and not prefix:
+            out.update({kk: vv for kk, vv in _flat_numbers(v, key + ".").items()})
+    return out
+
+
+# -- train ---------------------------------------------------------------------------------------
+def train_args(*, recipe: str, train_data: str, val_data: str, output: str, model: str = "",
+               image_size: int = 0, steps: int = 0, epochs: float = 0.0, batch_size: int = 0,
+               amp: bool = False, xla: bool = False, extra: list[str] | None = None) -> list[str]:
+    """`effdet train` arguments for the UI parameters (0/"" = keep the recipe's value)."""
+    sets = [f"data.train={train_data}", f"output={output}"]
+    if val_data:
+        sets.append(f"data.val={val_data}")
+    if model:
+        sets.append(f"model={model}")
+    if image_size:
+        sets.append(f"image_size={image_size}")
+    if steps:
+        sets.append(f"train.steps={steps}")
+    elif epochs:
+        sets += [f"train.epochs={epochs}", "train.steps=null"]
+    if batch_size:
+        sets.append(f"data.batch_size={batch_size}")
+    sets += [f"precision.amp={str(amp).lower()}", f"precision.xla={str(xla).lower()}"]
+    sets += list(extra or [])
+    args = ["--config", recipe]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def train(args: list[str], output: str, backend: launcher.Backend,
+          data_uris: tuple[str, ...] = ()) -> tuple[dict, str]:
+    """Runs training through BACKEND (ranks in an MPIJob or horovodrun) and reads the summary
+    the chief wrote to OUTPUT/summary.json. Returns (summary, markdown)."""
+    if isinstance(backend, launcher.MPIJobBackend):
+        for uri in (output, *data_uris):
+            if not storage.is_remote(uri):
+                raise StepError(f"{uri}: MPIJob ranks run in other pods and cannot see this "
+                                "path; set the pipeline's work_uri to an s3:// prefix")
+    backend.run(args, env=launcher.forwarded_env())
+    summary_uri = storage.join(output, "summary.json")
+    if not storage.exists(summary_uri):
+        raise StepError(f"training ended but wrote no {summary_uri}")
+    summary = json.loads(storage.read_text(summary_uri))
+    scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float))
+               and not isinstance(v, bool)}
+    losses = summary.get("losses") or {}
+    scalars.update({f"loss/{k}": v for k, v in losses.items() if isinstance(v, (int, float))})
+    md = (f"## Training\n\nModel `{summary.get('model_uri')}` from {summary.get('world_size')} "
+          f"rank(s)\n\n{_table(scalars)}\n\n{runs.run_reference(summary.get('mlflow_run_id'))}\n")
+    return summary, md
+
+
+# -- register ------------------------------------------------------------------------------------
+def register(model_uri: str, *, name: str, metric_name: str, metric_value: float,
+             threshold: float, alias: str = "champion", extra_dirs: dict[str, str] | None = None,
+             ) -> tuple[dict, str]:
+    """Logs the model artifact into the step's run, registers a new version under NAME and sets
+    ALIAS on it only when METRIC_VALUE >= THRESHOLD. Returns (result, markdown)."""
+    if not name:
+        raise StepError("register: the registered model name is empty")
+    if not tracking.enabled():
+        raise StepError("register: MLflow tracking is off (set MLFLOW_TRACKING_URI)")
+    passed = metric_value >= threshold
+    result = {"name": name, "metric": metric_name, "value": metric_value,
+              "threshold": threshold, "passed": passed, "alias": None, "version": None}
+    with tracking.step_run("register", params={"model_uri": model_uri, "name": name,
+                                               "metric": metric_name, "threshold": threshold,
+                                               "alias": alias}) as run:
+        if run is None:
+            raise StepError("register: the MLflow server does not answer")
+        from mlflow import MlflowClient
+
+        local = storage.sync_to_local(model_uri) if storage.is_remote(model_uri) \
+            else Path(model_uri)
+        if not (Path(local) / "model.json").is_file():
+            raise StepError(f"register: {model_uri} holds no model.json (not a model artifact)")
+        import mlflow
+
+        mlflow.log_artifacts(str(local), "model")
+        for sub, path in (extra_dirs or {}).items():
+            if path and storage.is_remote(path):
+                path = str(storage.sync_to_local(path))
+            if path and Path(path).is_dir():
+                mlflow.log_artifacts(path, sub)
+            elif path and Path(path).is_file():
+                mlflow.log_artifact(path, sub)
+        mlflow.log_metric(metric_name.replace("@", "_"), metric_value)
+        client = MlflowClient()
+        try:
+            client.get_registered_model(name)
+        except Exception:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST
+            client.create_registered_model(name, description="EfficientDet/EfficientNet models "
+                                                              "registered by the pipeline")
+        version = client.create_model_version(
+            name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+            tags={metric_name: str(metric_value), "threshold": str(threshold),
+                  **tracking.kfp_tags()})
+        result["version"] = version.version
+        if passed:
+            client.set_registered_model_alias(name, alias, version.version)
+            result["alias"] = alias
+        mlflow.set_tags({"effdet.registered_model": name,
+                         "effdet.registered_version": version.version,
+                         "effdet.alias": result["alias"] or ""})
+        run_id = run.info.run_id
+    verdict = (f"passed ({metric_value:.4f} >= {threshold}): alias `{alias}` set"
+               if passed else f"below threshold ({metric_value:.4f} < {threshold}): no alias")
+    md = (f"## Registration\n\n`{name}` version {result['version']}, {metric_name} {verdict}\n\n"
+          f"`models:/{name}/{result['version']}`\n\n{runs.run_reference(run_id)}\n")
+    return result, md
+
+
+def write_text(path: str, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+def output_dir(work_uri: str, run_id: str, task: str, artifact_path: str) -> str:
+    """Where a step writes: under WORK_URI (s3://, needed when other pods write it, e.g. MPIJob
+    ranks) or else the step's own artifact directory."""
+    if work_uri:
+        return storage.join(work_uri, run_id, task)
+    os.makedirs(artifact_path, exist_ok=True)
+    return artifact_path
+
+
+# -- the training backend from the step's parameters ---------------------------------------------
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                      "MLFLOW_TRACKING_TOKEN")
+
+
+def parse_selector(text: str, what: str = "node selector") -> dict[str, str]:
+    """'k=v,k2=v2' -> {k: v, k2: v2}; names the input when malformed."""
+    out = {}
+    for term in filter(None, (t.strip() for t in (text or "").split(","))):
+        key, sep, value = term.partition("=")
+        if not sep or not key:
+            raise StepError(f"{what} {text!r}: expected key=value[,key=value]")
+        out[key] = value
+    return out
+
+
+def _cluster_default(name: str, fallback: str) -> str:
+    """A setting from the cluster's ConfigMap env (EFFDET_MPI_*), else FALLBACK."""
+    return os.environ.get(name) or fallback
+
+
+def _json_env(name: str, default):
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StepError(f"{name}={text!r}: not JSON ({exc.msg})") from None
+
+
+def make_backend(mode: str, *, workers: int, gpus_per_worker: int, image: str, run_id: str,
+                 task: str, cpu: str = "", memory: str = "", node_selector: str = "",
+                 gpu_toleration: bool = True, s3_secret: str = "", mlflow_secret: str = "",
+                 cleanup: str = "delete-on-success", deadline_s: int = 0) -> launcher.Backend:
+    """The backend for MODE ('auto' picks an MPIJob in a cluster, horovodrun elsewhere).
+    Empty values take the cluster's defaults (EFFDET_MPI_* from the settings ConfigMap)."""
+    from efficientdet.pipeline import mpijob
+
+    if workers <= 0:  # 0: the cluster's default count
+        workers = int(_cluster_default("EFFDET_MPI_WORKERS", "1"))
+    if gpus_per_worker < 0:  # -1: the cluster's default
+        gpus_per_worker = int(_cluster_default("EFFDET_MPI_GPUS_PER_WORKER", "0"))
+    if workers < 1:
+        raise StepError(f"workers={workers}: need at least one worker")
+    chosen = launcher.choose_backend(mode)
+    if chosen == "local":
+        return launcher.LocalHorovodBackend(workers * max(1, gpus_per_worker))
+    selector = _json_env("EFFDET_MPI_NODE_SELECTOR", {})
+    selector.update(parse_selector(node_selector))
+    tolerations = list(_json_env("EFFDET_MPI_TOLERATIONS", []))
+    if gpu_toleration and gpus_per_worker and not any(
+            t.get("key") == "nvidia.com/gpu" for t in tolerations):
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    resources = launcher.Resources(
+        workers=workers, gpus_per_worker=gpus_per_worker,
+        cpu=cpu or _cluster_default("EFFDET_MPI_WORKER_CPU", "4"),
+        memory=memory or _cluster_default("EFFDET_MPI_WORKER_MEMORY", "16Gi"),
+        shm_size=_cluster_default("EFFDET_MPI_SHM_SIZE", "8Gi"),
+        tolerations=tolerations, node_selector=selector)
+    image = image or os.environ.get("EFFDET_TRAIN_IMAGE", "")
+    if not image:
+        raise StepError("no training image: set the train_image parameter or EFFDET_TRAIN_IMAGE")
+    s3_secret = s3_secret or os.environ.get("EFFDET_S3_SECRET_NAME", "")
+    secret_env = [mpijob.SecretEnv(k, s3_secret, k) for k in S3_SECRET_KEYS if s3_secret]
+    secret_env += [mpijob.SecretEnv(k, mlflow_secret, k, optional=True)
+                   for k in MLFLOW_SECRET_KEYS if mlflow_secret]
+    run_as = os.environ.get("EFFDET_MPI_RUN_AS_USER")
+    return launcher.MPIJobBackend(
+        image=image, resources=resources, run_id=run_id, task=task, secret_env=secret_env,
+        cleanup=cleanup, active_deadline_seconds=deadline_s or None,
+        service_account=os.environ.get("EFFDET_MPI_SERVICE_ACCOUNT") or None,
+        ssh_auth_mount_path=_cluster_default("EFFDET_MPI_SSH_AUTH_MOUNT_PATH", "/root/.ssh"),
+        run_as_user=int(run_as) if run_as else None)
+
+
+# -- evaluate / export -------------------------------------------------------------------------------
+def _scalars(d: dict) -> dict[str, float]:
+    """Finite numbers only (KFP's Metrics and the compare view take no NaN)."""
+    return {k: float(v) for k, v in d.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def evaluate(model_uri: str, data_uri: str, output: str, *, batch_size: int = 0,
+             ) -> tuple[dict[str, float], str, str]:
+    """Evaluates MODEL_URI on DATA_URI (the package's evaluate_model). Returns (scalars,
+    markdown, html)."""
+    from efficientdet.evaluation.evaluate import evaluate_model
+
+    with tracking.step_run("evaluate", params={"model_uri": model_uri, "data": data_uri,
+                                               "batch_size": batch_size or 8}):
+        result = evaluate_model(model_uri, data_uri, batch_size=batch_size or 8,
+                                output_dir=output)
+        scalars = _scalars(result.get("metrics", {}))
+        per_class = {f"AP/{name}": v for name, v in (result.get("per_class_ap") or {}).items()
+                     if isinstance(v, (int, float))}
+        tracking.log_metrics({**scalars, **per_class})
+        if not storage.is_remote(output) and Path(output).is_dir():
+            tracking.log_artifacts(output, "evaluation")
+        run_id = tracking.active_run_id()
+    html_files = sorted(Path(output).glob("*.html")) if not storage.is_remote(output) else []
+    html = html_files[0].read_text() if html_files else (
+        "<html><body><h2>Evaluation</h2><table>"
+        + "".join(f"<tr><td>{k}</td><td>{v:.4f}</td></tr>" for k, v in scalars.items())
+        + "</table></body></html>")
+    md = f"## Evaluation\n\n`{model_uri}` on `{data_uri}`\n\n{_table(scalars)}\n\n" \
+         f"{runs.run_reference(run_id)}\n"
+    return scalars, md, html
+
+
+FORMAT_ALIASES = {"savedmodel": "saved_model", "saved_model": "saved_model", "onnx": "onnx",
+                  "tftrt": "tf-trt", "tf-trt": "tf-trt"}
+
+
+def parse_formats(formats: str) -> list[str]:
+    wanted = []
+    for name in (f.strip().lower() for f in formats.split(",") if f.strip()):
+        if name not in FORMAT_ALIASES:
+            raise StepError(f"export formats {formats!r}: unknown {name!r} "
+                            f"(use saved_model, onnx, tf-trt)")
+        wanted.append(FORMAT_ALIASES[name])
+    if not wanted:
+        raise StepError("export: formats is empty")
+    return list(dict.fromkeys(wanted))
+
+
+def export(model_uri: str, output: str, *, formats: str = "saved_model,onnx",
+           data_uri: str = "", max_ap_drop: float = 0.01) -> tuple[dict, str]:
+    """Exports MODEL_URI to OUTPUT/<format> for each of FORMATS; with DATA_URI each export is
+    scored against the source model (parity) and a drop above MAX_AP_DROP fails the step.
+    Returns (scalars, markdown)."""
+    from efficientdet.export import export_model
+
+    wanted = parse_formats(formats)
+    scalars: dict[str, float] = {}
+    rows = []
+    with tracking.step_run("export", params={"model_uri": model_uri, "formats": ",".join(wanted),
+                                             "parity_data": data_uri, "max_ap_drop": max_ap_drop}):
+        failed = []
+        for fmt in wanted:
+            target = storage.join(output, fmt)
+            report = export_model(model_uri, target, fmt=fmt, data_uri=data_uri or None,
+                                  max_ap_drop=max_ap_drop)
+            tracking.log_dict(report, f"export/{fmt}_report.json")
+            parity = report.get("parity") or {}
+            if parity:
+                scalars.update({f"{fmt}/source_{parity['metric']}": parity["source"],
+                                f"{fmt}/exported_{parity['metric']}": parity["exported"],
+                                f"{fmt}/parity_drop": parity["drop"]})
+                if not parity["passed"]:
+                    failed.append(f"{fmt}: {parity['metric']} drop {parity['drop']:.4f} > "
+                                  f"{max_ap_drop}")
+            rows.append(f"| {fmt} | `{target}` | "
+                        + (f"{parity['metric']} {parity['source']:.4f} -> {parity['exported']:.4f}"
+                           f" ({'ok' if parity['passed'] else 'FAILED'})" if parity else "not checked")
+                        + " |")
+        scalars = _scalars(scalars)
+        tracking.log_metrics(scalars)
+        run_id = tracking.active_run_id()
+    if failed:
+        raise StepError("export parity check failed: " + "; ".join(failed))
+    md = ("## Export\n\n| format | where | parity |\n|---|---|---|\n" + "\n".join(rows)
+          + f"\n\n{runs.run_reference(run_id)}\n")
+    return scalars, md

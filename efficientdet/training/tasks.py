@@ -1,0 +1,153 @@
+"""What differs between training a detector and a classifier: model, input, loss, metadata.
+
+The loop in ``training.loop`` is task-agnostic; it asks a task for these pieces.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from efficientdet import storage
+from efficientdet.training.config import ConfigError
+
+LABEL_MAP = "label_map.json"
+
+
+def dataset_dir(pattern: str) -> str:
+    """The converted dataset directory of a directory, prefix or shard glob."""
+    pattern = str(pattern).split(",")[0].strip()
+    last = pattern.rstrip("/").rsplit("/", 1)[-1]
+    if any(c in last for c in "*?[") or last.endswith(".tfrecord"):
+        return pattern.rstrip("/").rsplit("/", 1)[0] if "/" in pattern else "."
+    return pattern.rstrip("/")
+
+
+def read_label_map(pattern: str) -> dict | None:
+    """The dataset's ``label_map.json`` or None when there is none."""
+    uri = storage.join(dataset_dir(pattern), LABEL_MAP)
+    try:
+        if not storage.exists(uri):
+            return None
+        return json.loads(storage.read_text(uri))
+    except (OSError, ValueError, storage.StorageError):
+        return None
+
+
+def num_classes_from_label_map(task: str, label_map: dict, where: str) -> int:
+    classes = label_map.get("classes") or []
+    if not classes:
+        raise ConfigError(f"{where}: label_map.json lists no classes")
+    if task == "detection":
+        return max(int(c["id"]) for c in classes)  # class index = category_id - 1
+    return len(classes)
+
+
+@dataclass
+class Task:
+    name: str
+
+    def resolve(self, config: dict) -> dict:
+        """Fill num_classes / image_size from the data and the variant; returns a new config."""
+        from efficientdet.models import EfficientDetConfig, get_config
+
+        try:
+            cfg = get_config(config["model"])
+        except ValueError as exc:
+            raise ConfigError(f"config key 'model': {exc}") from exc
+        is_detector = isinstance(cfg, EfficientDetConfig)
+        if is_detector != (self.name == "detection"):
+            kind = "an EfficientDet" if self.name == "detection" else "an EfficientNet"
+            raise ConfigError(f"task {self.name!r} needs {kind} model, got {config['model']!r}")
+        out = dict(config)
+        label_map = read_label_map(config["data"]["train"])
+        if out["num_classes"] is None:
+            if label_map is None:
+                raise ConfigError(
+                    f"num_classes is not set and {config['data']['train']} has no {LABEL_MAP}")
+            out["num_classes"] = num_classes_from_label_map(self.name, label_map,
+                                                            config["data"]["train"])
+        out["label_map"] = label_map
+        if out["image_size"] is None:
+            out["image_size"] = int(cfg.image_size)
+        return out
+
+    def build_model(self, config: dict):
+        from efficientdet.models import build_model
+
+        return build_model(config["model"], config["num_classes"], config["image_size"],
+                           **config.get("model_overrides", {}))
+
+    def dataset(self, config: dict, *, shard_index: int, num_shards: int,
+                is_training: bool = True) -> tf.data.Dataset:
+        raise NotImplementedError
+
+    def loss(self, outputs, labels, config: dict) -> dict:
+        """{"loss": scalar, ...named parts} (float32), without weight decay."""
+        raise NotImplementedError
+
+
+class DetectionTask(Task):
+    def __init__(self):
+        super().__init__("detection")
+
+    def dataset(self, config, *, shard_index, num_shards, is_training=True):
+        from efficientdet.data.pipelines import detection_dataset
+        from efficientdet.models import get_config
+
+        return detection_dataset(
+            config["data"]["train"] if is_training else config["data"]["val"],
+            model_config=get_config(config["model"]), image_size=config["image_size"],
+            is_training=is_training, batch_size=config["data"]["batch_size"],
+            shard_index=shard_index, num_shards=num_shards,
+            deterministic=config["data"]["deterministic"], seed=config["seed"],
+            cache_dir=config["data"]["cache_dir"])
+
+    def loss(self, outputs, labels, config):
+        from efficientdet.detection.anchors import flatten_outputs
+        from efficientdet.detection.losses import detection_loss
+
+        flat = flatten_outputs(outputs, config["num_classes"])
+        total, cls_loss, box_loss = detection_loss(
+            flat, labels, config["num_classes"],
+            label_smoothing=config["optimizer"]["label_smoothing"])
+        return {"loss": total, "cls_loss": cls_loss, "box_loss": box_loss}
+
+
+class ClassificationTask(Task):
+    def __init__(self):
+        super().__init__("classification")
+
+    def dataset(self, config, *, shard_index, num_shards, is_training=True):
+        from efficientdet.data.pipelines import classification_dataset
+
+        return classification_dataset(
+            config["data"]["train"] if is_training else config["data"]["val"],
+            image_size=config["image_size"], is_training=is_training,
+            batch_size=config["data"]["batch_size"], shard_index=shard_index,
+            num_shards=num_shards, randaugment=config["data"]["randaugment"],
+            deterministic=config["data"]["deterministic"], seed=config["seed"],
+            cache_dir=config["data"]["cache_dir"])
+
+    def loss(self, outputs, labels, config):
+        logits = tf.cast(outputs, tf.float32)
+        onehot = tf.one_hot(tf.cast(labels, tf.int32), config["num_classes"], dtype=tf.float32)
+        smoothing = float(config["optimizer"]["label_smoothing"])
+        if smoothing:
+            onehot = onehot * (1.0 - smoothing) + smoothing / config["num_classes"]
+        per_example = tf.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=logits)
+        loss = tf.reduce_mean(per_example)
+        accuracy = tf.reduce_mean(tf.cast(
+            tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)),
+            tf.float32))
+        return {"loss": loss, "accuracy": accuracy}
+
+
+def get_task(name: str) -> Task:
+    if name == "detection":
+        return DetectionTask()
+    if name == "classification":
+        return ClassificationTask()
+    raise ValueError(f"unknown task {name!r} (detection or classification)")

@@ -1,0 +1,89 @@
+"""Compile-time cluster settings and the per-step Kubernetes/KFP configuration they imply.
+
+Runtime choices (model, data, epochs, workers, thresholds...) are pipeline parameters set in the
+UI; what has to be fixed in the compiled YAML (Secret names, the step's accelerator, the
+tracking endpoint) lives here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kfp import dsl
+from kfp import kubernetes as k8s
+
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Keys of the cluster's settings ConfigMap (manifests/base/pipeline/pipeline-env.yaml); each is
+# optional, so a cluster sets only what differs from the defaults.
+CONFIG_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "AWS_ENDPOINT_URL",
+               "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "EFFDET_S3_ADDRESSING_STYLE",
+               "EFFDET_S3_SECRET_NAME", "EFFDET_TRAIN_IMAGE", "EFFDET_MPI_WORKERS",
+               "EFFDET_MPI_GPUS_PER_WORKER", "EFFDET_MPI_SERVICE_ACCOUNT",
+               "EFFDET_MPI_SSH_AUTH_MOUNT_PATH", "EFFDET_MPI_RUN_AS_USER",
+               "EFFDET_MPI_NODE_SELECTOR", "EFFDET_MPI_TOLERATIONS", "EFFDET_MPI_WORKER_CPU",
+               "EFFDET_MPI_WORKER_MEMORY", "EFFDET_MPI_SHM_SIZE")
+MLFLOW_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+@dataclass
+class ClusterOptions:
+    """None/empty fields are left out of the compiled pipeline (what `run-local` uses)."""
+
+    config_map: str | None = "effdet-pipeline-env"  # the cluster's non-secret settings
+    s3_secret: str | None = "effdet-s3"
+    mlflow_secret: str | None = "effdet-mlflow"
+    mlflow_tracking_uri: str | None = None  # overrides the ConfigMap's value
+    s3_endpoint_url: str | None = None
+    accelerator_type: str = "nvidia.com/gpu"
+    # GPUs of the training step's own pod: used when it trains in-pod (launcher="local" in a
+    # cluster); set 0 when every training run goes through an MPIJob.
+    train_step_gpus: int = 1
+    gpu_node_selector: dict[str, str] = field(default_factory=dict)
+    gpu_toleration: bool = True
+    step_timeout_s: int = 0
+    retries: bool = True  # off for local runs: a failure there is a bug to see at once
+
+    @classmethod
+    def local(cls) -> ClusterOptions:
+        return cls(config_map=None, s3_secret=None, mlflow_secret=None, retries=False)
+
+
+def identity() -> dict:
+    """The KFP run id and task name, resolved when the task runs (names the MPIJob, tags runs)."""
+    return {"kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            "kfp_task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
+
+
+def configure(task: dsl.PipelineTask, options: ClusterOptions, *, name: str, cache: bool,
+              retries: int, gpu: bool = False) -> dsl.PipelineTask:
+    task.set_display_name(name).set_caching_options(cache)
+    if retries and options.retries:
+        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
+    if options.config_map:
+        k8s.use_config_map_as_env(task, options.config_map, {k: k for k in CONFIG_KEYS},
+                                  optional=True)
+    if options.mlflow_tracking_uri:
+        task.set_env_variable("MLFLOW_TRACKING_URI", options.mlflow_tracking_uri)
+    if options.s3_endpoint_url:
+        task.set_env_variable("AWS_ENDPOINT_URL", options.s3_endpoint_url)
+        task.set_env_variable("MLFLOW_S3_ENDPOINT_URL", options.s3_endpoint_url)
+    if options.s3_secret:
+        k8s.use_secret_as_env(task, options.s3_secret, {k: k for k in S3_KEYS})
+    if options.mlflow_secret:
+        k8s.use_secret_as_env(task, options.mlflow_secret, {k: k for k in MLFLOW_KEYS},
+                              optional=True)
+    if options.step_timeout_s:
+        k8s.set_timeout(task, options.step_timeout_s)
+    if gpu:
+        # the pod that owns the MPIJob: its identity for ownerReferences (downward API)
+        k8s.use_field_path_as_env(task, "POD_NAME", "metadata.name")
+        k8s.use_field_path_as_env(task, "POD_UID", "metadata.uid")
+        k8s.use_field_path_as_env(task, "POD_NAMESPACE", "metadata.namespace")
+        if options.train_step_gpus:
+            task.set_accelerator_type(options.accelerator_type)
+            task.set_accelerator_limit(options.train_step_gpus)
+            if options.gpu_toleration:
+                k8s.add_toleration(task, key=options.accelerator_type, operator="Exists",
+                                   effect="NoSchedule")
+            for key, value in options.gpu_node_selector.items():
+                k8s.add_node_selector(task, key, value)
+    return task

@@ -1,0 +1,45 @@
+"""`--param k=v` pairs typed by the pipeline's own parameter declarations."""
+
+from __future__ import annotations
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def declared(pipeline) -> dict[str, str]:
+    """{name: KFP type ('STRING', 'NUMBER_INTEGER', 'NUMBER_DOUBLE', 'BOOLEAN')}."""
+    return {name: str(spec.type).upper() for name, spec in (pipeline.component_spec.inputs or {}).items()}
+
+
+def coerce(pipeline, pairs: list[str]) -> dict:
+    """Parses K=V pairs; ValueError naming the pair for unknown names and untypable values."""
+    types = declared(pipeline)
+    out: dict = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--param {pair!r}: expected NAME=VALUE")
+        if name not in types:
+            raise ValueError(f"--param {name}: not a parameter of {pipeline.name} "
+                             f"(known: {', '.join(sorted(types))})")
+        kind = types[name]
+        try:
+            if "INT" in kind:
+                out[name] = int(value)
+            elif "DOUBLE" in kind or "FLOAT" in kind:
+                out[name] = float(value)
+            elif "BOOL" in kind:
+                low = value.lower()
+                if low not in _TRUE + _FALSE:
+                    raise ValueError(value)
+                out[name] = low in _TRUE
+            else:
+                out[name] = value
+        except ValueError:
+            raise ValueError(f"--param {name}={value!r}: not a valid {kind.lower()}") from None
+    return out
+
+
+def missing_required(pipeline, given: dict) -> list[str]:
+    inputs = pipeline.component_spec.inputs or {}
+    return sorted(n for n, spec in inputs.items() if spec.default is None and not spec.optional
+                  and n not in given)

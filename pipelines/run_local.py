@@ -1,0 +1,85 @@
+"""Run a whole pipeline on this machine under kfp.local's SubprocessRunner.
+
+The components run as subprocesses of this interpreter's environment (use_venv=False); the
+training step takes the local backend (horovodrun --gloo). One MLflow parent run is made here,
+so every step's run nests under it exactly as in a cluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from pipelines import ClusterOptions, build
+
+
+def run_local(task: str, params: dict, *, pipeline_root: str | Path,
+              run_id: str | None = None) -> dict:
+    """Returns {'run_id', 'parent_run_id', 'state', 'outputs': {task: {name: value/path}}}."""
+    from kfp import local
+
+    from efficientdet.pipeline import runs
+
+    run_id = run_id or f"local-{uuid.uuid4().hex[:10]}"
+    pipeline = build(task, ClusterOptions.local())
+    params = {"launcher": "local", **params}
+    env = {
+        # the subprocesses must find this interpreter (python3 on PATH) and its horovodrun
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "KFP_PIPELINE_RUN_ID": run_id,
+    }
+    saved = {k: os.environ.get(k) for k in (*env, "EFFDET_MLFLOW_PARENT_RUN_ID")}
+    os.environ.update(env)
+    parent = runs.ensure_parent_run(run_id, pipeline=pipeline.name,
+                                    tags={"effdet.runner": "kfp.local"})
+    if parent:
+        os.environ["EFFDET_MLFLOW_PARENT_RUN_ID"] = parent
+        _log_params(parent, params)
+    state, error = "FAILED", None
+    try:
+        local.init(runner=local.SubprocessRunner(use_venv=False),
+                   pipeline_root=str(pipeline_root), raise_on_error=True)
+        pipeline(**params)
+        state = "SUCCEEDED"
+    except RuntimeError as exc:  # kfp.local: a task failed (its log is above)
+        error = str(exc)
+    finally:
+        if parent:
+            runs.finish_parent_run(parent, "FINISHED" if state == "SUCCEEDED" else "FAILED")
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return {"run_id": run_id, "parent_run_id": parent, "state": state,
+            "pipeline_root": str(pipeline_root), "error": error, "steps": step_runs(parent)}
+
+
+def step_runs(parent: str | None) -> dict[str, dict]:
+    """{step: {"run_id", "metrics", "tags"}} of the nested runs under PARENT (newest per step)."""
+    if not parent:
+        return {}
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_run(parent).info.experiment_id
+    found = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+                               order_by=["attributes.start_time ASC"])
+    out: dict[str, dict] = {}
+    for run in found:
+        step = run.data.tags.get("kfp.task_name") or run.data.tags.get("effdet.step") or run.info.run_name
+        out[step] = {"run_id": run.info.run_id, "status": run.info.status,
+                     "metrics": dict(run.data.metrics),
+                     "tags": {k: v for k, v in run.data.tags.items() if k.startswith("effdet.")}}
+    return out
+
+
+def _log_params(parent: str, params: dict) -> None:
+    from mlflow import MlflowClient
+
+    from efficientdet import tracking
+
+    client = MlflowClient()
+    for key, value in tracking.clean_params(params).items():
+        client.log_param(parent, key, value)

@@ -1,0 +1,70 @@
+"""The whole detection pipeline under kfp.local: synthetic data -> conversion -> 2-rank Horovod
+training -> evaluation -> export with parity check -> registration, tracked in MLflow (SQLite).
+Tiny on purpose: 8 training images, 3 steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from efficientdet import tracking
+
+pytestmark = [pytest.mark.slow, pytest.mark.horovod]
+
+
+def test_detection_pipeline_runs_locally_end_to_end(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("horovod.tensorflow")
+    from mlflow import MlflowClient
+
+    from efficientdet.cli import main
+    from efficientdet.data.synthetic import write_synthetic_coco
+
+    write_synthetic_coco(tmp_path / "raw-train", images=8, image_size=128, seed=0)
+    write_synthetic_coco(tmp_path / "raw-val", images=4, image_size=128, seed=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "local-run")
+    for name in ("MLFLOW_RUN_ID", "EFFDET_MLFLOW_PARENT_RUN_ID", "KFP_PIPELINE_RUN_ID",
+                 "EFFDET_TRACKING"):
+        monkeypatch.delenv(name, raising=False)
+    tracking.reset_warning_state()
+    root = tmp_path / "root"
+    summary_file = tmp_path / "summary.json"
+    argv = ["pipeline", "run-local", "--pipeline", "detection", "--pipeline-root", str(root),
+            "--summary-json", str(summary_file),
+            "--param", f"train_annotations_uri={tmp_path / 'raw-train' / 'annotations.json'}",
+            "--param", f"train_images_uri={tmp_path / 'raw-train' / 'images'}",
+            "--param", f"val_annotations_uri={tmp_path / 'raw-val' / 'annotations.json'}",
+            "--param", f"val_images_uri={tmp_path / 'raw-val' / 'images'}",
+            "--param", "recipe=synth-detection", "--param", "image_size=128",
+            "--param", "steps=3", "--param", "batch_size=2", "--param", "workers=2",
+            "--param", "gpus_per_worker=0", "--param", "amp=false", "--param", "num_shards=1",
+            "--param", "export_formats=saved_model", "--param", "eval_batch_size=4",
+            "--param", "registered_model_name=effdet-local-test", "--param", "threshold=0.0"]
+    code = main(argv)
+    summary = json.loads(summary_file.read_text())
+    assert code == 0, summary.get("error")
+    assert summary["state"] == "SUCCEEDED"
+
+    steps = summary["steps"]
+    assert {"convert", "convert-2", "train", "evaluate", "export", "register"} <= set(steps)
+    assert all(s["status"] == "FINISHED" for s in steps.values())
+    client = MlflowClient(uri)
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["kfp.pipeline_run_id"] == summary["run_id"]
+    train = client.get_run(steps["train"]["run_id"])
+    assert train.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    train_summary = [json.loads(p.read_text()) for p in Path(root).rglob("summary.json")]
+    assert [t["world_size"] for t in train_summary] == [2]  # two Horovod ranks trained
+    assert "AP" in steps["evaluate"]["metrics"] and "AP50" in steps["evaluate"]["metrics"]
+    version = client.get_model_version_by_alias("effdet-local-test", "champion")
+    assert version.run_id == steps["register"]["run_id"]
+
+    # the artifacts: the trained model in the train step's Model artifact directory
+    model_json = list(Path(root).rglob("model.json"))
+    assert model_json, "no model.json under the pipeline root"
+    out = capsys.readouterr().out
+    assert "SUCCEEDED" in out and summary["parent_run_id"] in out

@@ -1,0 +1,238 @@
+"""MLflow run layout of a pipeline run, the register step (registry aliases) and the local
+training launcher, against a real MLflow SQLite store and real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from efficientdet import tracking
+from efficientdet.pipeline import launcher, runs, steps
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory):
+    """One SQLite store for the module (creating its tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def mlflow_sqlite(sqlite_uri, monkeypatch, request):
+    uri = sqlite_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"exp-{request.node.name[:40]}")
+    for name in ("MLFLOW_RUN_ID", "EFFDET_MLFLOW_PARENT_RUN_ID", "KFP_PIPELINE_RUN_ID",
+                 "KFP_TASK_NAME", "EFFDET_TRACKING", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    tracking.reset_warning_state()
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)  # back to the environment's URI for later tests
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def test_one_parent_per_pipeline_run_and_nested_step_runs(mlflow_sqlite):
+    with runs.step_context("run-a", "convert") as parent:
+        assert parent
+        with tracking.step_run("convert") as run:
+            convert_id = run.info.run_id
+    with runs.step_context("run-a", "train") as parent_again, tracking.step_run("train") as run:
+        train_id = run.info.run_id
+    assert parent_again == parent  # found by its kfp.pipeline_run_id tag, not made twice
+    with runs.step_context("run-b", "convert") as other:
+        assert other != parent
+    c = _client()
+    for run_id, task in ((convert_id, "convert"), (train_id, "train")):
+        tags = c.get_run(run_id).data.tags
+        assert tags["mlflow.parentRunId"] == parent
+        assert tags["kfp.pipeline_run_id"] == "run-a" and tags["kfp.task_name"] == task
+    ptags = c.get_run(parent).data.tags
+    assert ptags["kfp.pipeline_run_id"] == "run-a" and ptags[runs.ROLE_TAG] == "pipeline"
+    assert runs.find_step_run(parent, "train") == train_id
+    assert "EFFDET_MLFLOW_PARENT_RUN_ID" not in __import__("os").environ  # restored
+
+
+def test_kfp_plugin_run_id_wins(mlflow_sqlite, monkeypatch):
+    c = _client()
+    exp = c.create_experiment("plugin")
+    plugin_run = c.create_run(exp).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", plugin_run)
+    with runs.step_context("run-p", "evaluate") as parent:
+        assert parent is None  # the plugin owns the layout: no parent of ours
+        with tracking.step_run("evaluate") as run:
+            assert run.info.run_id == plugin_run
+            assert runs.find_step_run(None, "evaluate") == plugin_run
+    assert not c.search_runs([exp], filter_string=f"tags.`{runs.ROLE_TAG}` = 'pipeline'")
+    assert c.get_experiment_by_name("exp-test_kfp_plugin_run_id_wins") is None
+    assert c.get_run(plugin_run).data.tags["kfp.task_name"] == "evaluate"
+
+
+def _model_dir(tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "model.json").write_text(json.dumps({"task": "detection", "model": "efficientdet-d0"}))
+    (d / "model.weights.h5").write_bytes(b"\x89HDF\r\n")
+    return d
+
+
+def test_register_sets_alias_only_when_metric_passes(mlflow_sqlite, tmp_path):
+    model = _model_dir(tmp_path)
+    with runs.step_context("run-r", "register"):
+        low, md_low = steps.register(str(model), name="effdet-test", metric_name="AP",
+                                     metric_value=0.12, threshold=0.3)
+        exported = tmp_path / "exported" / "saved_model"
+        exported.mkdir(parents=True)
+        (exported / "saved_model.pb").write_bytes(b"pb")
+        high, md_high = steps.register(str(model), name="effdet-test", metric_name="AP",
+                                       metric_value=0.41, threshold=0.3,
+                                       extra_dirs={"exported": str(exported.parent)})
+    c = _client()
+    assert (low["passed"], low["alias"]) == (False, None)
+    assert (high["passed"], high["alias"]) == (True, "champion")
+    assert c.get_model_version_by_alias("effdet-test", "champion").version == high["version"]
+    assert int(high["version"]) == int(low["version"]) + 1
+    version = c.get_model_version("effdet-test", low["version"])
+    assert version.tags["AP"] == "0.12" and version.tags["kfp.pipeline_run_id"] == "run-r"
+    files = {a.path for a in c.list_artifacts(version.run_id, "model")}
+    assert files == {"model/model.json", "model/model.weights.h5"}
+    high_run = c.get_model_version("effdet-test", high["version"]).run_id
+    assert [a.path for a in c.list_artifacts(high_run, "exported/saved_model")] == [
+        "exported/saved_model/saved_model.pb"]
+    assert "no alias" in md_low and "alias `champion` set" in md_high
+    assert "MLflow run: `" in md_high  # a SQLite store has no UI link: the id is shown
+
+
+def test_register_rejects_a_directory_without_a_model(mlflow_sqlite, tmp_path):
+    with pytest.raises(steps.StepError, match="no model.json"):
+        steps.register(str(tmp_path), name="x", metric_name="AP", metric_value=1.0, threshold=0)
+
+
+def test_register_needs_tracking(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(steps.StepError, match="tracking is off"):
+        steps.register(str(_model_dir(tmp_path)), name="x", metric_name="AP", metric_value=1.0,
+                       threshold=0)
+
+
+def test_train_args_cover_the_ui_parameters():
+    args = steps.train_args(recipe="synth-detection", train_data="s3://b/train",
+                            val_data="s3://b/val", output="s3://b/out", model="efficientdet-d1",
+                            image_size=256, epochs=3, batch_size=4, amp=True, xla=False)
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert args[:2] == ["--config", "synth-detection"]
+    assert {"data.train=s3://b/train", "data.val=s3://b/val", "output=s3://b/out",
+            "model=efficientdet-d1", "image_size=256", "train.epochs=3", "train.steps=null",
+            "data.batch_size=4", "precision.amp=true", "precision.xla=false"} <= set(sets)
+
+
+def test_horovodrun_command_and_backend_choice(monkeypatch):
+    cmd = launcher.LocalHorovodBackend(2).command(["--config", "x"])
+    assert cmd[1:7] == ["-np", "2", "-H", "localhost:2", "--gloo", sys.executable]
+    assert cmd[-4:] == ["efficientdet", "train", "--config", "x"]
+    assert launcher.LocalHorovodBackend(1).command(["a"])[0] == sys.executable
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert launcher.choose_backend("auto") == "local"
+    assert launcher.choose_backend("mpijob") == "mpijob"
+    with pytest.raises(ValueError, match="backend 'k8s'"):
+        launcher.choose_backend("k8s")
+    backend = steps.make_backend("auto", workers=2, gpus_per_worker=0, image="i", run_id="r",
+                                 task="t")
+    assert isinstance(backend, launcher.LocalHorovodBackend) and backend.np == 2
+
+
+def test_mpijob_backend_spec_uses_downward_api_identity_and_secrets(monkeypatch):
+    monkeypatch.setenv("POD_NAME", "train-pod")
+    monkeypatch.setenv("POD_UID", "uid-9")
+    monkeypatch.setenv("POD_NAMESPACE", "team-a")
+    backend = steps.make_backend("mpijob", workers=2, gpus_per_worker=4, image="reg/t:1",
+                                 run_id="run-1", task="train", node_selector="pool=gpu",
+                                 s3_secret="effdet-s3", mlflow_secret="effdet-mlflow")
+    spec = backend.spec(["--config", "x"], {"MLFLOW_TRACKING_URI": "http://m"})
+    assert (spec.namespace, spec.owner_pod, spec.ranks) == ("team-a", ("train-pod", "uid-9"), 8)
+    assert spec.node_selector == {"pool": "gpu"} and spec.tolerations[0]["key"] == "nvidia.com/gpu"
+    assert {(s.env, s.secret, s.optional) for s in spec.secret_env} >= {
+        ("AWS_SECRET_ACCESS_KEY", "effdet-s3", False),
+        ("MLFLOW_TRACKING_PASSWORD", "effdet-mlflow", True)}
+    assert spec.command[:2] == ["effdet", "train"]
+
+
+def test_run_streaming_copies_output_and_fails_with_the_tail():
+    lines: list[str] = []
+    launcher.run_streaming([sys.executable, "-c", "print('a'); print('b')"], log=lines.append)
+    assert lines == ["a", "b"]
+    script = ("import sys\nprint('[1]<stderr>:ValueError: bad shard')\n"
+              "for i in range(100): print(i)\nsys.exit(3)")
+    with pytest.raises(launcher.LaunchError, match="exited with code 3") as info:
+        launcher.run_streaming([sys.executable, "-c", script], log=lambda _: None, tail=5)
+    assert "| 99" in str(info.value) and "| 94" not in str(info.value)
+    assert "first error: [1]<stderr>:ValueError: bad shard" in str(info.value)
+
+
+def test_forwarded_env_never_carries_credentials():
+    env = launcher.forwarded_env({"MLFLOW_TRACKING_URI": "http://m", "AWS_SECRET_ACCESS_KEY": "s",
+                                  "AWS_ACCESS_KEY_ID": "k", "KFP_TASK_NAME": "train",
+                                  "MLFLOW_TRACKING_PASSWORD": "p"})
+    assert env == {"MLFLOW_TRACKING_URI": "http://m", "KFP_TASK_NAME": "train"}
+
+
+def test_export_formats_are_named_when_unknown():
+    assert steps.parse_formats("savedmodel, onnx,tftrt,onnx") == ["saved_model", "onnx", "tf-trt"]
+    with pytest.raises(steps.StepError, match="unknown 'torchscript'"):
+        steps.parse_formats("saved_model,torchscript")
+    with pytest.raises(steps.StepError, match="empty"):
+        steps.parse_formats(" , ")
+
+
+def test_mpijob_training_refuses_paths_other_pods_cannot_see(monkeypatch):
+    backend = steps.make_backend("mpijob", workers=2, gpus_per_worker=1, image="i", run_id="r",
+                                 task="t")
+    with pytest.raises(steps.StepError, match="work_uri to an s3:// prefix"):
+        steps.train(["--config", "x"], "/minio/mlpipeline/out", backend,
+                    data_uris=("s3://b/train",))
+
+
+def test_mpijob_backend_takes_cluster_defaults_from_the_settings_configmap(monkeypatch):
+    from efficientdet.pipeline import mpijob
+
+    for key, value in {
+            "EFFDET_MPI_WORKERS": "3", "EFFDET_MPI_GPUS_PER_WORKER": "2",
+            "EFFDET_MPI_SERVICE_ACCOUNT": "effdet-training", "EFFDET_MPI_RUN_AS_USER": "1000",
+            "EFFDET_MPI_SSH_AUTH_MOUNT_PATH": "/home/mpiuser/.ssh",
+            "EFFDET_MPI_NODE_SELECTOR": '{"pool": "a100"}',
+            "EFFDET_MPI_TOLERATIONS": '[{"key": "dedicated", "operator": "Equal", '
+                                      '"value": "ml", "effect": "NoSchedule"}]',
+            "EFFDET_MPI_WORKER_CPU": "8", "EFFDET_MPI_WORKER_MEMORY": "32Gi",
+            "EFFDET_TRAIN_IMAGE": "reg/effdet-train:2", "EFFDET_S3_SECRET_NAME": "effdet-s3",
+            "POD_NAMESPACE": "team-b"}.items():
+        monkeypatch.setenv(key, value)
+    backend = steps.make_backend("mpijob", workers=0, gpus_per_worker=-1, image="", run_id="r",
+                                 task="train")
+    spec = backend.spec(["--config", "x"], {})
+    assert (spec.workers, spec.gpus_per_worker, spec.ranks) == (3, 2, 6)
+    assert (spec.image, spec.cpu, spec.memory) == ("reg/effdet-train:2", "8", "32Gi")
+    assert spec.node_selector == {"pool": "a100"}
+    assert [t["key"] for t in spec.tolerations] == ["dedicated", "nvidia.com/gpu"]
+    m = mpijob.build_manifest(spec)
+    assert m["spec"]["sshAuthMountPath"] == "/home/mpiuser/.ssh"
+    worker = m["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert worker["serviceAccountName"] == "effdet-training"
+    assert worker["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000}
+    # explicit parameters win over the cluster's defaults
+    spec = steps.make_backend("mpijob", workers=1, gpus_per_worker=0, image="mine:1",
+                              run_id="r", task="train", cpu="2").spec([], {})
+    assert (spec.workers, spec.gpus_per_worker, spec.image, spec.cpu) == (1, 0, "mine:1", "2")
+    monkeypatch.setenv("EFFDET_MPI_NODE_SELECTOR", "pool=a100")
+    with pytest.raises(steps.StepError, match="EFFDET_MPI_NODE_SELECTOR='pool=a100': not JSON"):
+        steps.make_backend("mpijob", workers=1, gpus_per_worker=0, image="i", run_id="r",
+                           task="t")

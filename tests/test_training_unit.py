@@ -1,0 +1,260 @@
+"""Unit tests of the training pieces (config, schedule, EMA, dllogger, throughput, Horovod
+detection) and the small synthetic TFRecord sets the training tests share."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# --- shared helpers: tiny converted datasets (TFRecords + label_map.json) --------------------
+
+def write_detection_set(out: Path, *, images: int = 16, classes: int = 3, image_size: int = 128,
+                        shards: int = 2, seed: int = 0) -> Path:
+    """A converted detection dataset directory made from the synthetic shapes generator."""
+    import tensorflow as tf
+
+    from efficientdet.data.schema import detection_example
+    from efficientdet.data.synthetic import categories, make_detection_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    cats = categories(classes)
+    names = {c["id"]: c["name"] for c in cats}
+    writers = [tf.io.TFRecordWriter(str(out / f"data-{i:05d}-of-{shards:05d}.tfrecord"))
+               for i in range(shards)]
+    for i in range(images):
+        data, width, height, objects = make_detection_image(seed, i, classes, image_size)
+        boxes, ids, areas = [], [], []
+        for obj in objects:
+            x, y, w, h = obj["bbox"]
+            boxes.append([y / height, x / width, (y + h) / height, (x + w) / width])
+            ids.append(obj["category_id"])
+            areas.append(obj["area"])
+        ex = detection_example(encoded=data, height=height, width=width, image_id=i + 1,
+                               filename=f"{i:06d}.jpg", boxes=boxes, category_ids=ids,
+                               category_names=[names[c].encode() for c in ids],
+                               is_crowd=[0] * len(ids), areas=areas)
+        writers[i % shards].write(ex.SerializeToString())
+    for w in writers:
+        w.close()
+    (out / "label_map.json").write_text(json.dumps({"task": "detection", "classes": cats}))
+    return out
+
+
+def write_classification_set(out: Path, *, per_class: int = 8, classes: int = 3,
+                             image_size: int = 48) -> Path:
+    import tensorflow as tf
+    from PIL import Image
+
+    from efficientdet.data.schema import classification_example
+
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True, exist_ok=True)
+    colours = [(220, 40, 40), (40, 200, 60), (40, 80, 220), (230, 200, 30)]
+    with tf.io.TFRecordWriter(str(out / "data-00000-of-00001.tfrecord")) as w:
+        for c in range(classes):
+            for i in range(per_class):
+                arr = (rng.uniform(0, 60, (image_size, image_size, 3))
+                       + np.array(colours[c]) * 0.7).clip(0, 255).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(arr).save(buf, format="JPEG")
+                ex = classification_example(encoded=buf.getvalue(), height=image_size,
+                                            width=image_size, filename=f"{c}_{i}.jpg",
+                                            label=c, text=f"class{c}")
+                w.write(ex.SerializeToString())
+    (out / "label_map.json").write_text(json.dumps(
+        {"task": "classification", "classes": [{"id": c, "name": f"class{c}"}
+                                               for c in range(classes)]}))
+    return out
+
+
+# --- config --------------------------------------------------------------------------------
+
+from efficientdet.training import config as cfg
+
+
+def test_defaults_overrides_and_types():
+    c = cfg.build_config({"data": {"train": "d"}},
+                         ["train.steps=5", "optimizer.lr=0.2", "precision.amp=true",
+                          "model_overrides.drop_connect_rate=0.1", "checkpoint.dir=null"])
+    assert c["train"]["steps"] == 5 and c["optimizer"]["lr"] == 0.2
+    assert c["precision"]["amp"] is True and c["checkpoint"]["dir"] is None
+    assert c["model_overrides"] == {"drop_connect_rate": 0.1}
+    assert c["optimizer"]["momentum"] == 0.9  # untouched default
+
+
+@pytest.mark.parametrize("user,overrides,needle", [
+    ({"data": {"train": "d"}, "optimiser": {}}, [], "'optimiser'"),
+    ({"data": {"train": "d"}}, ["train.stepz=3"], "'train.stepz'"),
+    ({"data": {"train": "d"}}, ["train.steps=many"], "'train.steps'"),
+    ({"data": {"train": "d"}}, ["precision.amp=1"], "'precision.amp'"),
+    ({"data": {"train": "d"}}, ["task=segmentation"], "'task'"),
+    ({"data": {"train": "d"}}, ["data.batch_size=0"], "'data.batch_size'"),
+    ({"data": {"train": "d"}}, ["nonsense"], "key=value"),
+    ({}, [], "'data.train'"),
+])
+def test_bad_config_names_the_key(user, overrides, needle):
+    with pytest.raises(cfg.ConfigError, match=needle.replace(".", r"\.")):
+        cfg.build_config(user, overrides)
+
+
+def test_bundled_configs_load_by_name():
+    names = cfg.bundled_configs()
+    for required in ("efficientdet-d0-coco", "efficientnet-b0-imagenet", "synth-detection",
+                     "synth-classification"):
+        assert required in names
+    for name in names:
+        c = cfg.load_config(name)
+        assert c["task"] in cfg.TASKS
+    d0 = cfg.load_config("efficientdet-d0-coco", ["data.batch_size=16"])
+    assert d0["optimizer"]["lr"] == 0.08 and d0["optimizer"]["reference_batch"] == 64
+    assert d0["optimizer"]["ema_decay"] == 0.9998 and d0["optimizer"]["clip_norm"] == 10.0
+    assert d0["optimizer"]["weight_decay"] == 4e-5 and d0["train"]["epochs"] == 300
+    assert d0["data"]["batch_size"] == 16
+    with pytest.raises(cfg.ConfigError, match="no-such-recipe"):
+        cfg.load_config("no-such-recipe")
+
+
+def test_config_file_error_names_file(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("data: {train: x}\ntrain: {log_evry: 3}\n")
+    with pytest.raises(cfg.ConfigError, match=r"r\.yaml.*'train\.log_evry'"):
+        cfg.load_config(str(p))
+
+
+def test_flatten():
+    assert cfg.flatten({"a": {"b": 1, "c": {"d": None}}, "e": {}}) == {
+        "a.b": 1, "a.c.d": None, "e": {}}
+
+
+# --- schedule ------------------------------------------------------------------------------
+
+def test_lr_scaling_and_warmup_cosine():
+    from efficientdet.training.schedules import WarmupCosine, scaled_lr, warmup_cosine
+
+    assert scaled_lr(0.08, 512, 64) == pytest.approx(0.64)
+    kw = {"peak_lr": 0.64, "total_steps": 100, "warmup_steps": 10, "warmup_start_factor": 0.1}
+    assert warmup_cosine(0, **kw) == pytest.approx(0.064)
+    assert warmup_cosine(5, **kw) == pytest.approx(0.064 + 0.5 * (0.64 - 0.064))
+    assert warmup_cosine(10, **kw) == pytest.approx(0.64)
+    assert warmup_cosine(55, **kw) == pytest.approx(0.32)
+    assert warmup_cosine(100, **kw) == pytest.approx(0.0, abs=1e-9)
+    sched = WarmupCosine(**kw)
+    for step in (0, 3, 10, 37, 99, 100, 150):
+        assert float(sched(step)) == pytest.approx(warmup_cosine(min(step, 100), **kw),
+                                                   rel=1e-5, abs=1e-7)
+    no_warmup = WarmupCosine(1.0, 10, 0)
+    assert float(no_warmup(0)) == pytest.approx(1.0)
+
+
+# --- EMA -----------------------------------------------------------------------------------
+
+def test_ema_warmup_update_and_swap():
+    import tensorflow as tf
+
+    from efficientdet.training.ema import ExponentialMovingAverage, ema_decay
+
+    assert ema_decay(0.9998, 0) == pytest.approx(0.1)
+    assert ema_decay(0.9998, 10**7) == 0.9998
+    v = tf.Variable([0.0, 10.0])
+    ema = ExponentialMovingAverage([v], decay=0.9)
+    expected = np.array([0.0, 10.0])
+    for n, new in enumerate([[1.0, 0.0], [2.0, 4.0], [3.0, 3.0]]):
+        v.assign(new)
+        ema.update()
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * np.array(new)
+    np.testing.assert_allclose(ema.shadows[0].numpy(), expected, rtol=1e-6)
+    assert int(ema.num_updates.numpy()) == 3
+    with ema.swapped():
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(v.numpy(), [3.0, 3.0])
+
+
+# --- dllogger, throughput, horovod detection -------------------------------------------------
+
+def test_dllogger_lines(tmp_path):
+    from efficientdet.training.dllogger import DLLogger, parse_line
+
+    buf = io.StringIO()
+    dl = DLLogger(tmp_path / "dl.json", buf)
+    dl.parameters({"lr": 0.1})
+    dl.log(7, {"loss": np.float32(1.5), "bad": float("nan")})
+    dl.log([], {"images_per_second": 3.0})
+    dl.close()
+    lines = buf.getvalue().splitlines()
+    assert lines == (tmp_path / "dl.json").read_text().splitlines()
+    assert all(line.startswith("DLLL {") for line in lines)
+    recs = [parse_line(line) for line in lines]
+    assert recs[0]["step"] == "PARAMETER" and recs[0]["data"] == {"lr": 0.1}
+    assert recs[1]["type"] == "LOG" and recs[1]["step"] == 7
+    assert recs[1]["data"]["loss"] == 1.5 and recs[1]["data"]["bad"] == "nan"
+    for key in ("timestamp", "datetime", "elapsedtime"):
+        assert key in recs[2]
+    assert parse_line("step 3 loss 2") is None
+
+
+def test_throughput_excludes_warmup(monkeypatch):
+    from efficientdet.training import throughput
+
+    clock = iter([0.0, 0.0, 100.0, 101.0, 102.0, 103.0])  # init, steps 1..5
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(clock))
+    m = throughput.ThroughputMeter(batch_size=4, world_size=2, warmup_steps=2)
+    for _ in range(5):
+        m.step()
+    s = m.summary()
+    assert s["timed_steps"] == 3
+    assert s["images_per_second_per_rank"] == pytest.approx(3 * 4 / 3.0)
+    assert s["images_per_second"] == pytest.approx(2 * 3 * 4 / 3.0)
+
+
+def test_horovod_launch_detection():
+    from efficientdet.training.distributed import Context, launched_by_horovod
+
+    assert launched_by_horovod({"HOROVOD_RANK": "1"})
+    assert launched_by_horovod({"OMPI_COMM_WORLD_RANK": "0"})
+    assert not launched_by_horovod({"PATH": "/bin"})
+    ctx = Context()
+    grads, extra = ctx.allreduce_grads([1, None], extra=[1.0])
+    assert grads == [1, None] and extra == [1.0] and ctx.is_chief and not ctx.distributed
+
+
+def test_dataset_dir_and_label_map(tmp_path):
+    from efficientdet.training.tasks import dataset_dir, num_classes_from_label_map
+
+    assert dataset_dir("s3://b/coco/train/") == "s3://b/coco/train"
+    assert dataset_dir("s3://b/coco/train/data-*.tfrecord") == "s3://b/coco/train"
+    assert dataset_dir(str(tmp_path / "x.tfrecord")) == str(tmp_path)
+    lm = {"classes": [{"id": 1, "name": "a"}, {"id": 90, "name": "b"}]}
+    assert num_classes_from_label_map("detection", lm, "x") == 90
+    assert num_classes_from_label_map("classification", lm, "x") == 2
+
+
+def test_checkpoints_on_s3_keep_last_and_resume(s3_bucket, tmp_path):
+    import tensorflow as tf
+
+    from efficientdet import storage
+    from efficientdet.training.checkpoints import CheckpointStore
+
+    uri = f"s3://{s3_bucket}/runs/a/checkpoints"
+    v = tf.Variable([1.0, 2.0])
+    step = tf.Variable(0, dtype=tf.int64)
+    store = CheckpointStore(tf.train.Checkpoint(v=v, step=step), uri, keep=2,
+                            cache_dir=str(tmp_path / "c1"))
+    assert store.restore_latest() is None
+    for s in (1, 2, 3):
+        step.assign(s)
+        v.assign([float(s), 0.0])
+        store.save(s)
+    names = {storage.basename(u) for u in storage.list_files(uri)}
+    assert "checkpoint" in names
+    assert {n.split(".")[0] for n in names if n.startswith("ckpt-")} == {"ckpt-2", "ckpt-3"}
+    # a new process (fresh cache) resumes from the newest remote checkpoint
+    v2, step2 = tf.Variable([0.0, 0.0]), tf.Variable(0, dtype=tf.int64)
+    store2 = CheckpointStore(tf.train.Checkpoint(v=v2, step=step2), uri, keep=2,
+                             cache_dir=str(tmp_path / "c2"))
+    assert store2.restore_latest().endswith("ckpt-3")
+    assert int(step2.numpy()) == 3 and v2.numpy().tolist() == [3.0, 0.0]
