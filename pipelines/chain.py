@@ -1,12 +1,88 @@
-"""The steps after conversion, shared by both pipelines: train -> evaluate -> export -> register."""
+"""What both pipelines share: the parameters after the task's data URIs, the two conversion
+steps, and the steps after conversion (train -> evaluate -> export -> register)."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
+from kfp import dsl
+
+from components.convert import convert
 from components.evaluate import evaluate
 from components.export import export
 from components.register import register
 from components.train import train
 from pipelines.options import ClusterOptions, configure, identity
+
+# (name, type, default) after the data URIs, in signature order; None = the task gives it.
+SHARED_PARAMS: tuple[tuple[str, type, object], ...] = (
+    ("recipe", str, None),
+    ("model_name", str, ""),
+    ("image_size", int, 0),
+    ("steps", int, 0),
+    ("epochs", float, 0.0),
+    ("batch_size", int, 0),
+    ("workers", int, 0),
+    ("gpus_per_worker", int, -1),
+    ("amp", bool, True),
+    ("xla", bool, False),
+    ("launcher", str, "auto"),
+    ("train_image", str, ""),
+    ("worker_cpu", str, ""),
+    ("worker_memory", str, ""),
+    ("node_selector", str, ""),
+    ("mpijob_cleanup", str, "delete-on-success"),
+    ("deadline_seconds", int, 0),
+    ("num_shards", int, 0),
+    ("eval_batch_size", int, 0),
+    ("export_formats", str, "saved_model,onnx"),
+    ("max_parity_drop", float, 0.01),
+    ("registered_model_name", str, None),
+    ("metric_name", str, None),
+    ("threshold", float, None),
+    ("alias", str, "champion"),
+    ("work_uri", str, ""),
+)
+
+
+def pipeline_signature(data_params: tuple[str, ...], defaults: dict) -> inspect.Signature:
+    """Required str DATA_PARAMS, then SHARED_PARAMS with the task's DEFAULTS filled in."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    missing = [n for n, _, d in SHARED_PARAMS if d is None and n not in defaults]
+    unknown = set(defaults) - {n for n, _, _ in SHARED_PARAMS}
+    if missing or unknown:
+        raise ValueError(f"pipeline defaults: missing {missing}, unknown {sorted(unknown)}")
+    params = [inspect.Parameter(n, kind, annotation=str) for n in data_params]
+    params += [inspect.Parameter(n, kind, annotation=t, default=defaults.get(n, d))
+               for n, t, d in SHARED_PARAMS]
+    return inspect.Signature(params)
+
+
+def make_pipeline(options: ClusterOptions, *, task: str, name: str, description: str,
+                  data_params: tuple[str, ...], defaults: dict,
+                  sources: Callable[[dict, str], tuple]):
+    """The KFP pipeline `<task>_pipeline` for TASK: parameters DATA_PARAMS + SHARED_PARAMS (KFP
+    reads the signature); SOURCES(p, split) gives (source_uri, images_uri) of the "train"/"val"
+    convert step."""
+    signature = pipeline_signature(data_params, defaults)
+
+    def pipeline_func(*args):
+        p = dict(zip(signature.parameters, args))
+        datasets = {}
+        for split in ("train", "val"):
+            source_uri, images_uri = sources(p, split)
+            datasets[split] = configure(
+                convert(task=task, source_uri=source_uri, images_uri=images_uri,
+                        num_shards=p["num_shards"], work_uri=p["work_uri"], **identity()),
+                options, name=f"convert-{split}", cache=True, retries=2)
+        train_to_register(options, task=task, train_ds=datasets["train"].outputs["dataset"],
+                          val_ds=datasets["val"].outputs["dataset"], p=p)
+
+    pipeline_func.__signature__ = signature
+    pipeline_func.__annotations__ = {n: prm.annotation for n, prm in signature.parameters.items()}
+    pipeline_func.__name__ = pipeline_func.__qualname__ = f"{task}_pipeline"
+    return dsl.pipeline(name=name, description=description)(pipeline_func)
 
 
 def train_to_register(options: ClusterOptions, *, task: str, train_ds, val_ds, p: dict):

@@ -2,57 +2,16 @@
 register."""
 
 
-from kfp import dsl
-
-from components.convert import convert
-from pipelines.chain import train_to_register
-from pipelines.options import ClusterOptions, configure, identity
+from pipelines.chain import make_pipeline
+from pipelines.options import ClusterOptions
 
 
 def build(options: ClusterOptions):
-    @dsl.pipeline(name="efficientnet-classification",
-                  description="class folders -> TFRecords -> Horovod training (MPIJob) -> "
-                              "top-1/top-5 -> SavedModel/ONNX/TF-TRT -> MLflow registry")
-    def classification_pipeline(
-        train_root_uri: str,
-        val_root_uri: str,
-        recipe: str = "efficientnet-b0-imagenet",
-        model_name: str = "",
-        image_size: int = 0,
-        steps: int = 0,
-        epochs: float = 0.0,
-        batch_size: int = 0,
-        workers: int = 0,
-        gpus_per_worker: int = -1,
-        amp: bool = True,
-        xla: bool = False,
-        launcher: str = "auto",
-        train_image: str = "",
-        worker_cpu: str = "",
-        worker_memory: str = "",
-        node_selector: str = "",
-        mpijob_cleanup: str = "delete-on-success",
-        deadline_seconds: int = 0,
-        num_shards: int = 0,
-        eval_batch_size: int = 0,
-        export_formats: str = "saved_model,onnx",
-        max_parity_drop: float = 0.01,
-        registered_model_name: str = "efficientnet",
-        metric_name: str = "top1",
-        threshold: float = 0.7,
-        alias: str = "champion",
-        work_uri: str = "",
-    ):
-        p = dict(locals())
-        train_ds = configure(convert(task="classification", source_uri=train_root_uri,
-                                     images_uri="", num_shards=num_shards, work_uri=work_uri,
-                                     **identity()),
-                             options, name="convert-train", cache=True, retries=2)
-        val_ds = configure(convert(task="classification", source_uri=val_root_uri,
-                                   images_uri="", num_shards=num_shards, work_uri=work_uri,
-                                   **identity()),
-                           options, name="convert-val", cache=True, retries=2)
-        train_to_register(options, task="classification", train_ds=train_ds.outputs["dataset"],
-                          val_ds=val_ds.outputs["dataset"], p=p)
-
-    return classification_pipeline
+    return make_pipeline(
+        options, task="classification", name="efficientnet-classification",
+        description="class folders -> TFRecords -> Horovod training (MPIJob) -> "
+                    "top-1/top-5 -> SavedModel/ONNX/TF-TRT -> MLflow registry",
+        data_params=("train_root_uri", "val_root_uri"),
+        defaults={"recipe": "efficientnet-b0-imagenet", "registered_model_name": "efficientnet",
+                  "metric_name": "top1", "threshold": 0.7},
+        sources=lambda p, split: (p[f"{split}_root_uri"], ""))

@@ -51,7 +51,8 @@ install_python_packages() {
     log "creating $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
-  pip_install -c "$ROOT/constraints.txt" pip setuptools wheel
+  # A current pip: the image tests resolve installs for other platforms (--dry-run --platform).
+  pip_install "pip==26.3" "setuptools==84.2.1" "wheel==0.48.0"
   log "installing TensorFlow $TF_VERSION and the project (this takes a few minutes the first time)"
   pip_install -c "$ROOT/constraints.txt" -e "$ROOT[cpu,export,reports,train,dev]"
   # kfp 2.17 wants protobuf 6, TensorFlow 2.17 declares <5 but runs on 6: a second resolver pass.

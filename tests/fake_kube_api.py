@@ -18,8 +18,10 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
+
+from tests.loopback_http import LoopbackServer, send_body, send_json
 
 MPIJOBS = re.compile(r"^/apis/kubeflow\.org/v2beta1/namespaces/([^/]+)/mpijobs(?:/([^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+)(/log)?)?$")
@@ -63,38 +65,18 @@ class FakeKubeAPI:
         self.logs: dict[tuple[str, str], list[str]] = {}
         self.requests: list[tuple[str, str, dict, int]] = []  # (method, path, query, status)
         self.closing = False
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                fake._dispatch(self, "GET")
-
-            def do_POST(self):
-                fake._dispatch(self, "POST")
-
-            def do_DELETE(self):
-                fake._dispatch(self, "DELETE")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = LoopbackServer(self._dispatch, ("GET", "POST", "DELETE"))
+        self.url = self.server.url
 
     def __enter__(self):
-        self._thread.start()
+        self.server.start()
         return self
 
     def __exit__(self, *exc):
         with self.cond:
             self.closing = True
             self.cond.notify_all()
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
     # -- a client configured for this server -------------------------------------------------
     def api_client(self):
@@ -201,13 +183,7 @@ class FakeKubeAPI:
                 self.cond.notify_all()
 
     def _json(self, h, code: int, payload: dict) -> int:
-        data = json.dumps(payload).encode()
-        h.send_response(code)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
-        return code
+        return send_json(h, code, payload)
 
     def _start_chunked(self, h, content_type: str) -> None:
         h.send_response(200)
@@ -309,13 +285,7 @@ class FakeKubeAPI:
                 lines = list(self.logs[(ns, name)])
             if "tailLines" in query:
                 lines = lines[-int(query["tailLines"]):]
-            data = "".join(line + "\n" for line in lines).encode()
-            h.send_response(200)
-            h.send_header("Content-Type", "text/plain")
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            h.wfile.write(data)
-            return 200
+            return send_body(h, 200, "text/plain", "".join(line + "\n" for line in lines).encode())
         # follow: stream lines as they come until the container has ended
         self._start_chunked(h, "text/plain")
         sent = 0

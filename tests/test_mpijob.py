@@ -98,6 +98,17 @@ def test_manifest_pod_templates_are_valid_kubernetes_pods():
         kubernetes_validate.validate(pod, "1.31", strict=True)
 
 
+def test_non_root_pods_get_fs_group_and_drop_all_capabilities():
+    job = build_manifest(_spec(run_as_user=1000, ssh_auth_mount_path="/home/mpiuser/.ssh"))
+    assert job["spec"]["sshAuthMountPath"] == "/home/mpiuser/.ssh"
+    for role in ("Launcher", "Worker"):
+        pod = job["spec"]["mpiReplicaSpecs"][role]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["fsGroup"] == 1000
+        ctx = pod["containers"][0]["securityContext"]
+        assert ctx == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def test_cpu_job_has_one_slot_and_no_gpu_limit():
     m = build_manifest(_spec(gpus_per_worker=0, workers=3))
     assert m["spec"]["slotsPerWorker"] == 1

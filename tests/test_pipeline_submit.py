@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from efficientdet.cli import main
+from tests.loopback_http import LoopbackServer, send_json
 
 TOKEN = "tok-" + uuid.uuid4().hex
 
@@ -28,27 +27,11 @@ class FakeKFP:
         self.runs: dict[str, dict] = {}
         self.auth: list[str] = []
         self.uploads: list[bytes] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                fake.handle(self, "GET")
-
-            def do_POST(self):
-                fake.handle(self, "POST")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(self.handle, ("GET", "POST")).start()
+        self.url = self.server.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
     @staticmethod
     def _name_filter(query) -> str | None:
@@ -58,12 +41,7 @@ class FakeKFP:
         return next((p.get("stringValue") or p.get("string_value") for p in preds), None)
 
     def _reply(self, h, code, payload):
-        data = json.dumps(payload).encode()
-        h.send_response(code)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+        send_json(h, code, payload)
 
     def handle(self, h, method):
         url = urlparse(h.path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 from efficientdet import storage
 from efficientdet.data import images as image_io
 from efficientdet.data.report import ConversionError, ConversionReport
-from efficientdet.data.shards import LABEL_MAP_NAME, ShardSet, default_num_shards, parallel_map
+from efficientdet.data.shards import write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -212,55 +211,33 @@ def convert_coco(annotations: str, images: str, output: str, *, num_shards: int 
         raise ConversionError(f"--strict: {p['input']}: {p['action']} ({p['reason']}"
                               f"{': ' + p['detail'] if p.get('detail') else ''})")
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    num_shards = num_shards or default_num_shards(len(tasks))
-    workers = workers or min(os.cpu_count() or 1, 8)
-    shards = ShardSet(str(output), num_shards)
-    results = None
-    try:
-        results = parallel_map(process_image, tasks, workers, desc="convert coco",
-                               progress=progress)
-        for position, (task, res) in enumerate(zip(tasks, results)):
-            if res["status"] == "skipped":
+    label_map = {"task": "detection",
+                 "classes": [{"id": i, "name": names[i]} for i in sorted(names)]}
+
+    def build(task: ImageTask, res: dict) -> bytes | None:
+        if res["status"] == "skipped":
+            report.worker_skipped(task.file_name, res, strict)
+            for a in task.annotations:
+                report.annotation_dropped(a["label"], "image_skipped", res["reason"])
+            return None
+        for status, reason, label, detail in res["outcomes"]:
+            if status == "dropped":
                 if strict:
-                    raise ConversionError(f"--strict: {task.file_name}: skipped "
-                                          f"({res['reason']}: {res['detail']})")
-                report.image_skipped(task.file_name, res["reason"], res["detail"])
-                for a in task.annotations:
-                    report.annotation_dropped(a["label"], "image_skipped", res["reason"])
-                continue
-            for status, reason, label, detail in res["outcomes"]:
-                if status == "dropped":
-                    if strict:
-                        raise ConversionError(f"--strict: {label}: dropped ({reason}: {detail})")
-                    report.annotation_dropped(label, reason, detail)
-            kept = [o for o in res["outcomes"] if o[0] != "dropped"]
-            for (status, _, label, _), cid, crowd in zip(kept, res["category_ids"],
-                                                         res["is_crowd"]):
-                report.annotation_written(cid, clipped=status == "clipped", crowd=crowd,
-                                          name=label)
-            report.image_written(res["conversions"], negative=not res["boxes"])
-            example = schema.detection_example(
-                encoded=res["encoded"], height=res["height"], width=res["width"],
-                image_id=task.image_id, filename=task.file_name, boxes=res["boxes"],
-                category_ids=res["category_ids"],
-                category_names=[names[c] for c in res["category_ids"]],
-                is_crowd=res["is_crowd"], areas=res["areas"])
-            shards.write(position % num_shards, example.SerializeToString())
-        report.check()
-        label_map = {"task": "detection",
-                     "classes": [{"id": i, "name": names[i]} for i in sorted(names)]}
-        elapsed = time.monotonic() - start
-        result = report.to_dict(
-            num_shards=num_shards, shards=shards.names, examples_per_shard=shards.counts,
-            num_classes=max(names), elapsed_seconds=round(elapsed, 3),
-            images_per_second=round(report.images_input / max(elapsed, 1e-9), 2))
-        shards.publish({LABEL_MAP_NAME: json.dumps(label_map, indent=1,
-                                                   ensure_ascii=False).encode()},
-                       json.dumps(result, indent=1, ensure_ascii=False).encode())
-    except BaseException:
-        if results is not None:
-            results.close()  # stop worker processes now, not at garbage collection
-        shards.abort()
-        raise
+                    raise ConversionError(f"--strict: {label}: dropped ({reason}: {detail})")
+                report.annotation_dropped(label, reason, detail)
+        kept = [o for o in res["outcomes"] if o[0] != "dropped"]
+        for (status, _, label, _), cid, crowd in zip(kept, res["category_ids"], res["is_crowd"]):
+            report.annotation_written(cid, clipped=status == "clipped", crowd=crowd, name=label)
+        report.image_written(res["conversions"], negative=not res["boxes"])
+        return schema.detection_example(
+            encoded=res["encoded"], height=res["height"], width=res["width"],
+            image_id=task.image_id, filename=task.file_name, boxes=res["boxes"],
+            category_ids=res["category_ids"],
+            category_names=[names[c] for c in res["category_ids"]],
+            is_crowd=res["is_crowd"], areas=res["areas"]).SerializeToString()
+
+    result = write_dataset(output, tasks, process_image, build, report=report, label_map=label_map,
+                           num_classes=max(names), start=start, num_shards=num_shards,
+                           workers=workers, desc="convert coco", progress=progress)
     log.info("converted %s -> %s\n%s", annotations, output, report.summary())
     return result

@@ -8,9 +8,7 @@ depend on the number of workers. Same guarantees as the COCO converter (docs/dat
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 from efficientdet import storage
 from efficientdet.data import images as image_io
 from efficientdet.data.report import ConversionError, ConversionReport
-from efficientdet.data.shards import LABEL_MAP_NAME, ShardSet, default_num_shards, parallel_map
+from efficientdet.data.shards import write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -82,41 +80,21 @@ def convert_imagenet(root: str, output: str, *, num_shards: int | None = None,
     if strict and report.problems:
         p = report.problems[0]
         raise ConversionError(f"--strict: {p['input']}: skipped ({p['reason']})")
-    num_shards = num_shards or default_num_shards(len(tasks))
-    workers = workers or min(os.cpu_count() or 1, 8)
-    shards = ShardSet(str(output), num_shards)
-    results = None
-    try:
-        results = parallel_map(process_file, tasks, workers, desc="convert imagenet",
-                               progress=progress)
-        for position, (task, res) in enumerate(zip(tasks, results)):
-            if res["status"] == "skipped":
-                if strict:
-                    raise ConversionError(f"--strict: {task.rel_path}: skipped "
-                                          f"({res['reason']}: {res['detail']})")
-                report.image_skipped(task.rel_path, res["reason"], res["detail"])
-                continue
-            report.image_written(res["conversions"])
-            report.per_class[str(task.label)] += 1
-            example = schema.classification_example(
-                encoded=res["encoded"], height=res["height"], width=res["width"],
-                filename=task.rel_path, label=task.label, text=classes[task.label])
-            shards.write(position % num_shards, example.SerializeToString())
-        report.check()
-        label_map = {"task": "classification",
-                     "classes": [{"id": i, "name": n} for i, n in enumerate(classes)]}
-        elapsed = time.monotonic() - start
-        result = report.to_dict(
-            num_shards=num_shards, shards=shards.names, examples_per_shard=shards.counts,
-            num_classes=len(classes), elapsed_seconds=round(elapsed, 3),
-            images_per_second=round(report.images_input / max(elapsed, 1e-9), 2))
-        shards.publish({LABEL_MAP_NAME: json.dumps(label_map, indent=1,
-                                                   ensure_ascii=False).encode()},
-                       json.dumps(result, indent=1, ensure_ascii=False).encode())
-    except BaseException:
-        if results is not None:
-            results.close()  # stop worker processes now, not at garbage collection
-        shards.abort()
-        raise
+    label_map = {"task": "classification",
+                 "classes": [{"id": i, "name": n} for i, n in enumerate(classes)]}
+
+    def build(task: FileTask, res: dict) -> bytes | None:
+        if res["status"] == "skipped":
+            report.worker_skipped(task.rel_path, res, strict)
+            return None
+        report.image_written(res["conversions"])
+        report.per_class[str(task.label)] += 1
+        return schema.classification_example(
+            encoded=res["encoded"], height=res["height"], width=res["width"],
+            filename=task.rel_path, label=task.label, text=classes[task.label]).SerializeToString()
+
+    result = write_dataset(output, tasks, process_file, build, report=report, label_map=label_map,
+                           num_classes=len(classes), start=start, num_shards=num_shards,
+                           workers=workers, desc="convert imagenet", progress=progress)
     log.info("converted %s -> %s\n%s", root, output, report.summary())
     return result

@@ -136,9 +136,11 @@ def steps_per_epoch(num_records: int, batch_size: int, num_shards: int = 1) -> i
     return max(1, num_records // (batch_size * num_shards))
 
 
-def _records(
+def _dataset(
     file_pattern,
+    map_fn,
     *,
+    batch_size,
     is_training,
     shard_index,
     num_shards,
@@ -148,13 +150,17 @@ def _records(
     cache_dir,
     repeat,
 ):
-    """Serialized examples for this rank: shard, interleave, shuffle, repeat, with element seeds."""
+    """The plumbing both builders share: this rank's serialized examples (listed, copied locally,
+    sharded, interleaved, shuffled, repeated), each with its element seed, mapped by
+    `map_fn(serialized, element_seed)`, batched and prefetched with the deterministic options."""
+    element_seed = _element_seed(deterministic, seed, shard_index)
+    repeat = is_training if repeat is None else bool(repeat)
     files, shard_records = shard_files(list_files(file_pattern), shard_index, num_shards)
     files = local_copy(files, cache_dir)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if is_training and not shard_records:
         # every rank holds its own files: their order may change per epoch
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(files), seed=element_seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER_BYTES),
         cycle_length=min(len(files), MAX_INTERLEAVE),
@@ -166,20 +172,18 @@ def _records(
     if shard_records:
         ds = ds.shard(num_shards, shard_index)
     if is_training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer, seed=element_seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     # one [2] int64 seed per element for the stateless augmentations
     # (new seeds on every pass, so epochs of a non-repeated dataset are augmented differently)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=element_seed, rerandomize_each_iteration=True)
     seeds = seeds.batch(2, drop_remainder=True)
-    return tf.data.Dataset.zip((ds, seeds))
-
-
-def _finish(ds, batch_size, *, drop_remainder, deterministic):
+    ds = tf.data.Dataset.zip((ds, seeds))
+    ds = ds.map(map_fn, num_parallel_calls=AUTOTUNE, deterministic=bool(deterministic))
     ds = ds.batch(
         batch_size,
-        drop_remainder=drop_remainder,
+        drop_remainder=is_training,
         num_parallel_calls=AUTOTUNE,
         deterministic=bool(deterministic),
     )
@@ -253,16 +257,26 @@ def detection_dataset(
         )
     out_hw = augment.output_hw(image_size)
     anchors = Anchors.from_config(model_config, out_hw)
-    element_seed = _element_seed(deterministic, seed, shard_index)
-    repeat = is_training if repeat is None else bool(repeat)
 
-    def targets_for(boxes_px, classes):
-        encoded = encode_targets(anchors, boxes_px, classes)
-        return {
+    def labels_for(ex, scale, boxes_px, classes):
+        """Targets, image_id, image_scale and the padded boxes/classes (input pixels) for the
+        positive-area boxes among `boxes_px` (at most `max_instances`)."""
+        boxes_px, classes = augment.keep_positive_area(boxes_px, classes)
+        boxes_px, classes = boxes_px[:max_instances], classes[:max_instances]
+        encoded = encode_targets(anchors, boxes_px, classes)  # IoU cost grows with rows: no padding
+        labels = {
             "cls_targets": tf.cast(encoded["cls_targets"], tf.int32),
             "box_targets": tf.cast(encoded["box_targets"], tf.float32),
             "num_positives": tf.cast(encoded["num_positives"], tf.float32),
         }
+        boxes_px, classes = augment.pad_instances(boxes_px, classes, max_instances)
+        labels.update(
+            image_id=tf.cast(ex["image_id"], tf.int64),
+            image_scale=tf.cast(scale, tf.float32),
+            boxes=boxes_px,
+            classes=classes,
+        )
+        return labels
 
     def train_map(serialized, element_seed_):
         ex = parse_detection_example(serialized)
@@ -272,17 +286,7 @@ def detection_dataset(
         seed_flip, seed_scale = augment.split_seed(element_seed_, 2)
         image, boxes = augment.random_horizontal_flip(ex["image"], boxes, seed_flip)
         image, boxes_px, scale = augment.random_scale_crop_pad(image, boxes, out_hw, seed_scale)
-        boxes_px, classes = augment.keep_positive_area(boxes_px, classes)
-        boxes_px, classes = boxes_px[:max_instances], classes[:max_instances]
-        labels = targets_for(boxes_px, classes)  # IoU cost grows with rows: no padding rows
-        boxes_px, classes = augment.pad_instances(boxes_px, classes, max_instances)
-        labels.update(
-            image_id=tf.cast(ex["image_id"], tf.int64),
-            image_scale=tf.cast(scale, tf.float32),
-            boxes=boxes_px,
-            classes=classes,
-        )
-        return image, labels
+        return image, labels_for(ex, scale, boxes_px, classes)
 
     def eval_map(serialized, element_seed_):
         del element_seed_
@@ -303,17 +307,10 @@ def detection_dataset(
         scaled = tf.cast(scaled_hw, tf.float32)
         input_px = norm * tf.stack([scaled[0], scaled[1], scaled[0], scaled[1]])
         keep = tf.equal(is_crowd, 0)
-        input_px, classes = augment.keep_positive_area(
-            tf.boolean_mask(input_px, keep), tf.boolean_mask(classes_all, keep)
+        labels = labels_for(
+            ex, scale, tf.boolean_mask(input_px, keep), tf.boolean_mask(classes_all, keep)
         )
-        input_px, classes = input_px[:max_instances], classes[:max_instances]
-        labels = targets_for(input_px, classes)
-        input_px, classes = augment.pad_instances(input_px, classes, max_instances)
         labels.update(
-            image_id=tf.cast(ex["image_id"], tf.int64),
-            image_scale=tf.cast(scale, tf.float32),
-            boxes=input_px,
-            classes=classes,
             groundtruth_boxes=gt_boxes,
             groundtruth_classes=gt_classes,
             groundtruth_is_crowd=gt_crowd,
@@ -322,23 +319,12 @@ def detection_dataset(
         )
         return image, labels
 
-    ds = _records(
-        file_pattern,
-        is_training=is_training,
-        shard_index=shard_index,
-        num_shards=num_shards,
-        deterministic=deterministic,
-        seed=element_seed,
-        shuffle_buffer=shuffle_buffer,
-        cache_dir=cache_dir,
-        repeat=repeat,
-    )
-    ds = ds.map(
-        train_map if is_training else eval_map,
-        num_parallel_calls=AUTOTUNE,
-        deterministic=bool(deterministic),
-    )
-    return _finish(ds, batch_size, drop_remainder=is_training, deterministic=deterministic)
+    # fmt: off
+    return _dataset(file_pattern, train_map if is_training else eval_map,
+                    batch_size=batch_size, is_training=is_training, shard_index=shard_index,
+                    num_shards=num_shards, deterministic=deterministic, seed=seed,
+                    shuffle_buffer=shuffle_buffer, cache_dir=cache_dir, repeat=repeat)
+    # fmt: on
 
 
 # ------------------------------------------------------------------------------ classification
@@ -382,8 +368,6 @@ def classification_dataset(
             raise ValueError(
                 f"randaugment must be (num_layers >= 0, magnitude 0-10), got {randaugment!r}"
             )
-    element_seed = _element_seed(deterministic, seed, shard_index)
-    repeat = is_training if repeat is None else bool(repeat)
 
     def train_map(serialized, element_seed_):
         ex = parse_classification_example(serialized)
@@ -401,23 +385,12 @@ def classification_dataset(
         image = augment.center_crop(ex["image"], image_size, crop_padding)
         return image, tf.cast(ex["label"], tf.int32)
 
-    ds = _records(
-        file_pattern,
-        is_training=is_training,
-        shard_index=shard_index,
-        num_shards=num_shards,
-        deterministic=deterministic,
-        seed=element_seed,
-        shuffle_buffer=shuffle_buffer,
-        cache_dir=cache_dir,
-        repeat=repeat,
-    )
-    ds = ds.map(
-        train_map if is_training else eval_map,
-        num_parallel_calls=AUTOTUNE,
-        deterministic=bool(deterministic),
-    )
-    return _finish(ds, batch_size, drop_remainder=is_training, deterministic=deterministic)
+    # fmt: off
+    return _dataset(file_pattern, train_map if is_training else eval_map,
+                    batch_size=batch_size, is_training=is_training, shard_index=shard_index,
+                    num_shards=num_shards, deterministic=deterministic, seed=seed,
+                    shuffle_buffer=shuffle_buffer, cache_dir=cache_dir, repeat=repeat)
+    # fmt: on
 
 
 def _check_batch(batch_size) -> None:

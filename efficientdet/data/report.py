@@ -55,6 +55,14 @@ class ConversionReport:
         self.skipped[reason] += 1
         self._problem("image", "skipped", name, reason, detail)
 
+    def worker_skipped(self, name: str, result: dict, strict: bool = False) -> None:
+        """A worker result ``{"status": "skipped", "reason", "detail"}`` for image ``name``: counted
+        as skipped, or a `ConversionError` under ``strict`` (--strict)."""
+        if strict:
+            raise ConversionError(f"--strict: {name}: skipped "
+                                  f"({result['reason']}: {result['detail']})")
+        self.image_skipped(name, result["reason"], result["detail"])
+
     def annotation_written(self, class_key, clipped: bool = False, crowd: bool = False,
                            name: str = "") -> None:
         self.anns_written += 1

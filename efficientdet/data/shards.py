@@ -1,4 +1,5 @@
-"""Sharded TFRecord output that is all-or-nothing, plus the process pool the converters share.
+"""Sharded TFRecord output that is all-or-nothing, plus the process pool and the write phase the
+converters share.
 
 Shards are written as ``*.partial`` files in a local staging directory (the output directory
 itself when it is local) and renamed into place only when the whole conversion succeeded;
@@ -10,12 +11,15 @@ dataset. A rerun after an interruption deletes the leftovers and writes the same
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
+import os
 import re
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -169,3 +173,42 @@ def parallel_map(fn: Callable, items: list, workers: int, *, desc: str = "",
                 bar.update(1)
     finally:
         bar.close()
+
+
+def write_dataset(output: str, tasks: list, process: Callable, build: Callable, *, report,
+                  label_map: dict, num_classes: int, start: float, num_shards: int | None,
+                  workers: int | None, desc: str, progress: bool = True) -> dict:
+    """The write phase of a converter; returns the report dict (also written as ``report.json``).
+
+    ``process`` runs over ``tasks`` in ``workers`` processes (default: CPUs, at most 8);
+    ``build(task, result)`` records the outcome in ``report`` (a ``ConversionReport``) and returns
+    the serialized Example, or None when the task was skipped. Task ``k`` goes to shard
+    ``k % num_shards`` (default `default_num_shards`). Then the report is checked and the shards,
+    ``label_map.json`` and the report (last) are published. On any error the worker processes are
+    stopped and the partial shards deleted.
+    """
+    num_shards = num_shards or default_num_shards(len(tasks))
+    workers = workers or min(os.cpu_count() or 1, 8)
+    shards = ShardSet(str(output), num_shards)
+    results = None
+    try:
+        results = parallel_map(process, tasks, workers, desc=desc, progress=progress)
+        for position, (task, res) in enumerate(zip(tasks, results)):
+            serialized = build(task, res)
+            if serialized is not None:
+                shards.write(position % num_shards, serialized)
+        report.check()
+        elapsed = time.monotonic() - start
+        result = report.to_dict(
+            num_shards=num_shards, shards=shards.names, examples_per_shard=shards.counts,
+            num_classes=num_classes, elapsed_seconds=round(elapsed, 3),
+            images_per_second=round(report.images_input / max(elapsed, 1e-9), 2))
+        shards.publish({LABEL_MAP_NAME: json.dumps(label_map, indent=1,
+                                                   ensure_ascii=False).encode()},
+                       json.dumps(result, indent=1, ensure_ascii=False).encode())
+    except BaseException:
+        if results is not None:
+            results.close()  # stop worker processes now, not at garbage collection
+        shards.abort()
+        raise
+    return result

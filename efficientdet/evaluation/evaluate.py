@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from efficientdet.evaluation.coco import GroundTruthBuilder, evaluate_coco, to_coco_detections
+from efficientdet.inference.runners import batched
 
 log = logging.getLogger(__name__)
 NUM_SAMPLES = 8  # images kept for the report's sample grid
@@ -47,17 +48,6 @@ def _records(files: list[str], task: str, max_images: int | None):
     yield from ds.as_numpy_iterator()
 
 
-def _batches(iterable, size: int):
-    batch = []
-    for item in iterable:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def evaluate_runner(runner, data_uri: str, *, batch_size: int = 8,
                     max_images: int | None = None) -> dict[str, Any]:
     """Run `runner` (inference.runners) over a dataset and score it. Returns a dict with
@@ -68,7 +58,7 @@ def evaluate_runner(runner, data_uri: str, *, batch_size: int = 8,
     files, label_map = dataset_files(data_uri)
     if runner.task == "classification":
         acc = TopKAccumulator((1, 5))
-        for batch in _batches(_records(files, "classification", max_images), batch_size):
+        for batch in batched(_records(files, "classification", max_images), batch_size):
             outs = runner.predict([ex["image"] for ex in batch], batch_size=batch_size)
             acc.update(np.stack([o["probabilities"] for o in outs]),
                        np.array([ex["label"] for ex in batch]))
@@ -78,7 +68,7 @@ def evaluate_runner(runner, data_uri: str, *, batch_size: int = 8,
     gt = GroundTruthBuilder((label_map or {}).get("classes"))
     detections: list[dict] = []
     samples: list[dict] = []
-    for batch in _batches(_records(files, "detection", max_images), batch_size):
+    for batch in batched(_records(files, "detection", max_images), batch_size):
         outs = runner.predict([ex["image"] for ex in batch], batch_size=batch_size)
         for ex, out in zip(batch, outs):
             image_id = int(ex["image_id"])

@@ -60,17 +60,6 @@ def _iter_tfrecord(path: Path) -> Iterator[tuple[str, np.ndarray]]:
         yield f"{path}#{name}", image.numpy()
 
 
-def _batched(items, size):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _safe_name(name: str, index: int) -> str:
     stem = Path(name.split("#")[-1]).stem or "image"
     return f"{index:05d}_{''.join(c if c.isalnum() or c in '-_' else '_' for c in stem)}.jpg"
@@ -82,7 +71,7 @@ def predict(model_uri: str, paths: list[str], *, output_dir: str | None = None,
     """Run a model over inputs; returns one entry per image and, with output_dir, writes
     predictions.json and (draw=True) images/*.jpg with boxes or top-k labels."""
     from efficientdet.inference.draw import draw_classification, draw_detections
-    from efficientdet.inference.runners import load_runner
+    from efficientdet.inference.runners import batched, load_runner
 
     runner = load_runner(model_uri, nms=nms)
     out_dir = Path(output_dir) if output_dir else None
@@ -90,7 +79,7 @@ def predict(model_uri: str, paths: list[str], *, output_dir: str | None = None,
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
     names = runner.label_map
     results: list[dict] = []
-    for batch in _batched(iter_inputs(paths), batch_size):
+    for batch in batched(iter_inputs(paths), batch_size):
         outs = runner.predict([img for _, img in batch], batch_size=batch_size)
         for (name, img), out in zip(batch, outs):
             index = len(results)

@@ -19,6 +19,18 @@ import numpy as np
 SAVED_MODEL_FILE = "saved_model.pb"
 
 
+def batched(items, size: int):
+    """Lists of up to SIZE consecutive items (the last one may be shorter)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def _groups_of_equal_shape(images: list[np.ndarray], batch_size: int):
     """Consecutive runs of same-shape images, at most batch_size long: (start, arrays)."""
     start = 0

@@ -175,8 +175,13 @@ def _pod_template(spec: MPIJobSpec, role: str, container: dict) -> dict:
     if spec.service_account:
         pod_spec["serviceAccountName"] = spec.service_account
     if spec.run_as_user is not None:
-        pod_spec["securityContext"] = {"runAsUser": spec.run_as_user,
-                                       "runAsGroup": spec.run_as_user}
+        # fsGroup makes the operator-mounted ssh keys readable by the non-root user.
+        pod_spec["securityContext"] = {
+            "runAsNonRoot": spec.run_as_user != 0, "runAsUser": spec.run_as_user,
+            "runAsGroup": spec.run_as_user, "fsGroup": spec.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+        container["securityContext"] = {"allowPrivilegeEscalation": False,
+                                        "capabilities": {"drop": ["ALL"]}}
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in spec.image_pull_secrets]
     return {"metadata": {"labels": labels, "annotations": dict(ISTIO_ANNOTATION)},
