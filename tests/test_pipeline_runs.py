@@ -227,7 +227,9 @@ def test_mpijob_backend_takes_cluster_defaults_from_the_settings_configmap(monke
     assert m["spec"]["sshAuthMountPath"] == "/home/mpiuser/.ssh"
     worker = m["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
     assert worker["serviceAccountName"] == "effdet-training"
-    assert worker["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000}
+    assert worker["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"}}
     # explicit parameters win over the cluster's defaults
     spec = steps.make_backend("mpijob", workers=1, gpus_per_worker=0, image="mine:1",
                               run_id="r", task="train", cpu="2").spec([], {})
