@@ -157,18 +157,23 @@ def test_traceable_with_dynamic_batch(method):
         np.testing.assert_allclose(scores.numpy(), eager[1].numpy(), rtol=1e-5)
 
 
-def test_hard_nms_survives_a_saved_model_round_trip(tmp_path):
+@pytest.mark.parametrize("method,op", [("hard", "NonMaxSuppressionV3"),
+                                       ("combined", "CombinedNonMaxSuppression")])
+def test_hard_nms_survives_a_saved_model_round_trip(tmp_path, method, op):
     anchors = Anchors(3, 4, 3, [1.0, 2.0, 0.5], 4.0, 32)
     n = anchors.num_anchors
     module = tf.Module()
     module.detect = tf.function(
-        lambda cls, box: postprocess(cls, box, anchors, method="hard", max_detections=5),
+        lambda cls, box: postprocess(cls, box, anchors, method=method, max_detections=5),
         input_signature=[tf.TensorSpec([None, n, 2], tf.float32),
                          tf.TensorSpec([None, n, 4], tf.float32)],
     )
-    # the op TF-TRT maps onto TensorRT's NMS plugin is in the traced graph
+    # "combined" traces the op TF-TRT maps onto TensorRT's NMS plugin
     graph = module.detect.get_concrete_function().graph
-    assert "CombinedNonMaxSuppression" in {op.type for op in graph.get_operations()}
+    ops = {o.type for o in graph.get_operations()}
+    for body in graph._functions.values():  # map_fn bodies
+        ops |= {o.type for o in body.graph.get_operations()}
+    assert op in ops
     tf.saved_model.save(module, str(tmp_path / "nms"))
     loaded = tf.saved_model.load(str(tmp_path / "nms"))
     rng = np.random.default_rng(1)
@@ -184,3 +189,53 @@ def test_bad_arguments_are_named():
         postprocess(cls, box, BOXES, method="fast")
     with pytest.raises(ValueError, match="soft_nms_sigma"):
         postprocess(cls, box, BOXES, method="soft", soft_nms_sigma=0.0)
+
+
+def _reference_hard_nms(cls_flat, box_flat, anchors, k=5000, max_det=100, iou=0.5, thr=0.001):
+    """The straightforward definition: top-k over every (anchor, class) logit, then per-class
+    NMS with TensorFlow's combined NMS."""
+    from efficientdet.detection.anchors import as_anchor_boxes
+    from efficientdet.detection.box_coder import decode_boxes
+
+    num_classes = cls_flat.shape[-1]
+    logits = tf.reshape(cls_flat, [cls_flat.shape[0], -1])
+    top, index = tf.math.top_k(logits, k=min(k, logits.shape[1]))
+    codes = tf.gather(box_flat, index // num_classes, batch_dims=1)
+    boxes = decode_boxes(codes, tf.gather(as_anchor_boxes(anchors), index // num_classes))
+    h, w = anchors.image_size
+    boxes = tf.stack([tf.clip_by_value(boxes[..., 0], 0, h), tf.clip_by_value(boxes[..., 1], 0, w),
+                      tf.clip_by_value(boxes[..., 2], 0, h), tf.clip_by_value(boxes[..., 3], 0, w)],
+                     -1)
+    scores = tf.one_hot(index % num_classes, num_classes) * tf.sigmoid(top)[..., None]
+    out = tf.image.combined_non_max_suppression(boxes[:, :, None], scores, max_det, max_det, iou,
+                                                thr, pad_per_class=False, clip_boxes=False)
+    return [np.asarray(t) for t in out]
+
+
+@pytest.mark.parametrize("num_classes,pre_nms_topk", [(90, 5000), (3, 200), (7, 100000)])
+def test_fast_hard_nms_equals_topk_over_all_pairs_and_combined_nms(num_classes, pre_nms_topk):
+    """Two-stage candidate selection and class-shifted NMS give exactly the detections of a
+    top-k over all N*K logits followed by per-class combined NMS."""
+    anchors = Anchors(3, 7, 3, (1.0, 2.0, 0.5), 4.0, 256)
+    n = anchors.num_anchors
+    rng = np.random.default_rng(num_classes)
+    # clustered logits: many overlapping candidates of several classes compete
+    cls_flat = tf.constant(rng.normal(-4.0, 2.0, (2, n, num_classes)), tf.float32)
+    box_flat = tf.constant(rng.normal(0.0, 0.3, (2, n, 4)), tf.float32)
+    ref_boxes, ref_scores, ref_classes, ref_num = _reference_hard_nms(
+        cls_flat, box_flat, anchors, k=pre_nms_topk)
+    for method in ("combined", "hard"):
+        _assert_same_detections(
+            postprocess(cls_flat, box_flat, anchors, method=method, pre_nms_topk=pre_nms_topk),
+            (ref_boxes, ref_scores, ref_classes, ref_num))
+
+
+def _assert_same_detections(detections, reference):
+    boxes, scores, classes, num = detections
+    ref_boxes, ref_scores, ref_classes, ref_num = reference
+    np.testing.assert_array_equal(num.numpy(), ref_num)
+    assert num.numpy().min() > 50  # the comparison covers many detections per image
+    np.testing.assert_array_equal(classes.numpy(), ref_classes.astype(np.int32) * (
+        np.arange(100)[None] < ref_num[:, None]))
+    np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(boxes.numpy(), ref_boxes, rtol=0, atol=1e-4)

@@ -86,6 +86,15 @@ def test_defaults_overrides_and_types():
     assert c["optimizer"]["momentum"] == 0.9  # untouched default
 
 
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads 4e-5 as a string; a weight decay written that way must still work."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {train: d}\noptimizer: {weight_decay: 5e-5}\n")
+    c = cfg.load_config(str(recipe), ["optimizer.lr=8E-2", "output=1e5x"])
+    assert c["optimizer"]["weight_decay"] == 5e-5 and c["optimizer"]["lr"] == 0.08
+    assert c["output"] == "1e5x"
+
+
 @pytest.mark.parametrize("user,overrides,needle", [
     ({"data": {"train": "d"}, "optimiser": {}}, [], "'optimiser'"),
     ({"data": {"train": "d"}}, ["train.stepz=3"], "'train.stepz'"),

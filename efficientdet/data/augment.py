@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from efficientdet.models.configs import IMAGENET_MEAN_RGB
+
 #: Resize method for detection (bilinear, as the reference implementations).
 DETECTION_RESIZE = "bilinear"
 #: Resize method for classification (bicubic, as the official EfficientNet input pipeline).
@@ -43,6 +45,23 @@ def _image_hw(image):
     return shape[0], shape[1]
 
 
+def pad_with_mean(images, out_h, out_w):
+    """Pad float RGB images ([H, W, 3] or [N, H, W, 3]) at the bottom/right to (out_h, out_w)
+    with the ImageNet mean colour, which the model's normalisation maps to 0.
+
+    Black padding is about -2 sigma after normalisation: with scale jitter down to 0.1 half of
+    the training pixels are padding, and it skews BN statistics. One pad of the centred image
+    (a constant pad, so ONNX/TensorRT take it as it is) serves training, evaluation and export.
+    """
+    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
+    shape = tf.shape(images)
+    rank = images.shape.rank
+    paddings = [[0, out_h - shape[rank - 3]], [0, out_w - shape[rank - 2]], [0, 0]]
+    if rank == 4:
+        paddings = [[0, 0]] + paddings
+    return tf.pad(images - mean, paddings) + mean
+
+
 # ---------------------------------------------------------------------------------- detection
 
 
@@ -58,11 +77,11 @@ def random_horizontal_flip(image, boxes, seed, probability: float = 0.5):
 
 
 def random_scale_crop_pad(image, boxes, output_size, seed, scale_range=(0.1, 2.0)):
-    """Aspect-preserving random scale jitter, random crop and zero pad to `output_size`.
+    """Aspect-preserving random scale jitter, random crop and mean-colour pad to `output_size`.
 
     The image is resized so that it fits a square of `s * output` pixels (s uniform in
     `scale_range`), a window of at most the output size is cut at a random offset, and the rest is
-    zero-padded at the bottom/right. Returns `(image float32 [H, W, 3], boxes in output pixels
+    padded at the bottom/right with the mean colour (`pad_with_mean`). Returns `(image float32 [H, W, 3], boxes in output pixels
     (clipped to the visible content, not yet filtered), scale)` where `scale` is output pixels per
     source pixel.
     """
@@ -90,7 +109,7 @@ def random_scale_crop_pad(image, boxes, output_size, seed, scale_range=(0.1, 2.0
         tf.cast(image, tf.float32), [scaled_h, scaled_w], method=DETECTION_RESIZE
     )
     cropped = resized[off_y : off_y + crop_h, off_x : off_x + crop_w, :]
-    padded = tf.image.pad_to_bounding_box(cropped, 0, 0, out_h, out_w)
+    padded = pad_with_mean(cropped, out_h, out_w)
     padded.set_shape([out_h, out_w, 3])
 
     size = tf.cast(tf.stack([scaled_h, scaled_w, scaled_h, scaled_w]), tf.float32)
@@ -101,7 +120,7 @@ def random_scale_crop_pad(image, boxes, output_size, seed, scale_range=(0.1, 2.0
 
 
 def resize_and_pad(image, output_size):
-    """Aspect-preserving resize to fit `output_size`, zero pad bottom/right (evaluation).
+    """Aspect-preserving resize to fit `output_size`, mean-colour pad bottom/right (evaluation).
 
     Returns `(image float32 [H, W, 3], scale, scaled_hw int32 [2])`; a box in input pixels maps
     back to the original image as `box / scale`.
@@ -115,7 +134,7 @@ def resize_and_pad(image, output_size):
     resized = tf.image.resize(
         tf.cast(image, tf.float32), [scaled_h, scaled_w], method=DETECTION_RESIZE
     )
-    padded = tf.image.pad_to_bounding_box(resized, 0, 0, out_h, out_w)
+    padded = pad_with_mean(resized, out_h, out_w)
     padded.set_shape([out_h, out_w, 3])
     return padded, scale, tf.stack([scaled_h, scaled_w])
 

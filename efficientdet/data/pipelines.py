@@ -222,10 +222,10 @@ def detection_dataset(
     """EfficientDet input: `(images [B, H, W, 3] float32 in [0, 255], labels)`.
 
     Training: crowd boxes skipped, horizontal flip p=0.5, aspect-preserving scale jitter
-    0.1-2.0 of the output size, random crop, zero pad to `image_size`; boxes clipped, zero-area
+    0.1-2.0 of the output size, random crop, mean-colour pad to `image_size`; boxes clipped, zero-area
     boxes dropped, at most `max_instances`; batches drop the remainder; repeats forever unless
     `repeat=False`.
-    Evaluation: aspect-preserving resize + zero pad, one pass, last batch may be smaller.
+    Evaluation: aspect-preserving resize + mean-colour pad, one pass, last batch may be smaller.
 
     `labels` (all batched):
       cls_targets [B, N] int32, box_targets [B, N, 4], num_positives [B] (from

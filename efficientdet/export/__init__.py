@@ -44,6 +44,8 @@ def export_model(model_uri: str, output_uri: str, *, fmt: str = "saved_model",
     remote = storage.is_remote(output_uri)
     out_dir = work / "out" if remote else Path(output_uri)
     options = {"nms": nms, "max_detections": max_detections, "score_threshold": score_threshold}
+    # TF-TRT maps combined NMS onto TensorRT's NMS plugin; same detections as "hard".
+    graph_options = {**options, "nms": "combined"} if fmt == "tf-trt" and nms == "hard" else options
     report: dict[str, Any] = {"format": fmt, "model": str(model_uri), "output": str(output_uri),
                               "precision": precision, "nms": nms}
     try:
@@ -52,7 +54,7 @@ def export_model(model_uri: str, output_uri: str, *, fmt: str = "saved_model",
             runner_path = out_dir
         else:
             saved = work / "saved_model"
-            export_saved_model(model, meta, str(saved), **options)
+            export_saved_model(model, meta, str(saved), **graph_options)
             if fmt == "tf-trt":
                 from efficientdet.export.tftrt import convert_tftrt
 

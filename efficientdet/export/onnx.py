@@ -1,8 +1,8 @@
 """ONNX export of the serving graph via tf2onnx, checked with onnxruntime on CPU.
 
 The converted graph is `serving_default` of the exported SavedModel: uint8 images [N, H, W, 3]
-in, resize + pad, the model, per-class hard NMS (tf.image.combined_non_max_suppression maps to
-ONNX NonMaxSuppression) and boxes in original pixels out. On GPU clusters a TensorRT engine is
+in, resize + pad, the model, per-class hard NMS (one NonMaxSuppression per image over
+class-shifted boxes, which maps to ONNX NonMaxSuppression) and boxes in original pixels out. On GPU clusters a TensorRT engine is
 built from this file with trtexec (docs/export.md). Soft-NMS does not convert; export with
 --nms hard for ONNX.
 """

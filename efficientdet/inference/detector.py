@@ -1,6 +1,6 @@
 """The served model as one TensorFlow module: uint8 images in, dataset answers out.
 
-`Detector` wraps a pure EfficientDet: aspect-preserving resize + zero pad to the model's input
+`Detector` wraps a pure EfficientDet: aspect-preserving resize + mean-colour pad to the model's input
 size, the model, post-processing (NMS), boxes scaled back to ORIGINAL-image pixels and class
 indices turned into the dataset's category ids (index + 1). `Classifier` wraps an EfficientNet
 the same way (resize + pad, softmax). The same graph serves evaluation, predict, the exported
@@ -10,6 +10,8 @@ SavedModel and the ONNX file, so all of them agree by construction.
 from __future__ import annotations
 
 import tensorflow as tf
+
+from efficientdet.data.augment import pad_with_mean
 
 DETECTION_OUTPUTS = ("boxes", "scores", "category_ids", "num_detections")
 
@@ -22,7 +24,8 @@ def image_hw(image_size) -> tuple[int, int]:
 
 def resize_and_pad(images: tf.Tensor, image_size) -> tuple[tf.Tensor, tf.Tensor]:
     """uint8/float images [N, H, W, 3] (one size) -> float32 [N, S_h, S_w, 3] in [0, 255] and the
-    scale [N] that maps original pixels to input pixels (aspect kept, padded bottom/right)."""
+    scale [N] that maps original pixels to input pixels (aspect kept, padded bottom/right with
+    the mean colour, exactly as in training and evaluation)."""
     out_h, out_w = image_hw(image_size)
     shape = tf.shape(images)
     h = tf.cast(shape[1], tf.float32)
@@ -32,8 +35,7 @@ def resize_and_pad(images: tf.Tensor, image_size) -> tuple[tf.Tensor, tf.Tensor]
     new_w = tf.minimum(tf.cast(tf.round(w * scale), tf.int32), out_w)
     resized = tf.image.resize(tf.cast(images, tf.float32), tf.stack([new_h, new_w]),
                               method="bilinear")
-    padded = tf.pad(resized, [[0, 0], [0, out_h - new_h], [0, out_w - new_w], [0, 0]])
-    padded = tf.reshape(padded, [-1, out_h, out_w, 3])
+    padded = tf.reshape(pad_with_mean(resized, out_h, out_w), [-1, out_h, out_w, 3])
     return padded, tf.fill([shape[0]], scale)
 
 
@@ -60,8 +62,10 @@ class Detector(tf.Module):
                  iou_threshold: float = 0.5, pre_nms_topk: int = 5000,
                  soft_nms_sigma: float = 0.5, name: str = "detector"):
         super().__init__(name=name)
-        if nms not in ("hard", "soft"):
-            raise ValueError(f"nms must be 'hard' or 'soft', got {nms!r}")
+        from efficientdet.detection.postprocess import METHODS
+
+        if nms not in METHODS:
+            raise ValueError(f"nms must be one of {', '.join(METHODS)}, got {nms!r}")
         self.model = model
         self.image_size = image_hw(image_size)
         self.num_classes = int(num_classes)

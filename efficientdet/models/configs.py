@@ -15,6 +15,10 @@ from dataclasses import dataclass
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
 CLASS_PRIOR = 0.01  # class-output bias = -log((1 - p) / p)
+# ImageNet statistics in [0, 255] RGB: models normalise their input with them, and pre-processing
+# pads images with the mean colour, which the normalisation maps to 0 (as automl pads).
+IMAGENET_MEAN_RGB = (0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0)
+IMAGENET_STD_RGB = (0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0)
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,9 @@ class EfficientDetConfig:
     num_scales: int = 3
     aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5)
     num_classes: int = 90
-    drop_connect_rate: float = 0.2  # backbone stochastic depth (automl survival_prob 0.8)
+    # Backbone stochastic depth. automl's EfficientDet turns it off for B0 backbones (D0) and
+    # keeps the backbone's own 0.2 (survival_prob 0.8) for the others.
+    drop_connect_rate: float = 0.2
     task: str = "detection"
 
     @property
@@ -133,7 +139,7 @@ _EFFICIENTNETS = (
 
 _EFFICIENTDETS = (
     # name, backbone, input, BiFPN width, BiFPN cells, head repeats, fusion, extra
-    ("efficientdet-d0", "efficientnet-b0", 512, 64, 3, 3, "fastattn", {}),
+    ("efficientdet-d0", "efficientnet-b0", 512, 64, 3, 3, "fastattn", {"drop_connect_rate": 0.0}),
     ("efficientdet-d1", "efficientnet-b1", 640, 88, 4, 3, "fastattn", {}),
     ("efficientdet-d2", "efficientnet-b2", 768, 112, 5, 3, "fastattn", {}),
     ("efficientdet-d3", "efficientnet-b3", 896, 160, 6, 4, "fastattn", {}),

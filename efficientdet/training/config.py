@@ -8,12 +8,25 @@ recipe or an override fails before anything is built, with the key named. Bundle
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loading that also reads exponent floats without a dot (4e-5) as numbers,
+    as a person writing a learning rate or weight decay expects."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
 
 _ANY = object()  # a free-form mapping (model overrides): not validated key by key
 
@@ -32,7 +45,8 @@ SCHEMA: dict[str, Any] = {
         "num_examples": (None, (int, type(None))),  # None: count the training records
         "batch_size": (8, (int,)),  # per rank
         "cache_dir": (None, (str, type(None))),  # where s3 shards are copied
-        "deterministic": (False, (bool,)),  # fixed input order and augmentation (tests)
+        # Same seed, same run: fixed input order and augmentation, deterministic kernels.
+        "deterministic": (False, (bool,)),
         "randaugment": (None, (dict, list, type(None))),  # classification: {num_layers, magnitude}
     },
     "train": {
@@ -51,6 +65,8 @@ SCHEMA: dict[str, Any] = {
         "warmup_start_factor": (0.1, (int, float)),  # lr at step 0 = factor * peak lr
         "weight_decay": (4e-5, (int, float)),  # L2: wd * sum(w^2) / 2 over kernels
         "clip_norm": (10.0, (int, float, type(None))),  # global norm; None or 0: off
+        # Clip each gradient tensor to clip_norm before the global norm, as automl does.
+        "clip_per_tensor": (True, (bool,)),
         "label_smoothing": (0.0, (int, float)),
         "ema_decay": (0.9998, (int, float)),  # 0: no EMA
     },
@@ -111,7 +127,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"override {text!r}: expected key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
     return key, value
@@ -210,7 +226,7 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> dict:
     """Read a recipe file (or bundled name), apply overrides, validate."""
     path = resolve_config_path(name_or_path)
     try:
-        user = yaml.safe_load(path.read_text()) or {}
+        user = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path}: not valid YAML ({exc})") from exc
     try:
