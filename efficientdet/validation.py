@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
@@ -60,7 +61,7 @@ def describe(exc: ValidationError, what: str) -> str:
     """The first error as ``what[loc]: message, got value`` (+ how many more)."""
     err = exc.errors()[0]
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
-    msg = err["msg"].lower()
+    msg = re.sub(r" or instance of \w+", "", err["msg"]).lower()
     if err["type"] == "string_pattern_mismatch":
         pattern = err["ctx"]["pattern"]
         msg = f"must be {_PATTERN_NAMES.get(pattern, f'a string matching {pattern}')}"

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line(exc: BaseException) -> str:
     """An expected failure as one line naming its input."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        if isinstance(exc, FileExistsError) and os.path.isfile(exc.filename):
+            return f"{exc.filename}: is a file, not a directory"  # mkdir of a path through it
         return f"{exc.filename}: {exc.strerror}"
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
