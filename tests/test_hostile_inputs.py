@@ -192,3 +192,20 @@ def test_unexpected_error_is_one_line_and_a_log_file(offline, capsys, monkeypatc
     log = Path(lines[0].rsplit(" ", 1)[-1])
     assert log.parent == offline / "logs"
     assert "Traceback" in log.read_text() and "second line" in log.read_text()
+
+
+def test_mpijob_dry_run_at_the_edges_prints_a_valid_mpijob(capsys):
+    import yaml
+
+    from tests.test_manifests import K8S_VERSIONS, validate_mpijob
+
+    argv = [*MPIJOB, "--run-id", "run 1/ünï", "--namespace", "team-a", "--workers", "3",
+            "--gpus-per-worker", "2", "--cpu", "500m", "--memory", "1.5Gi", "--shm-size", "1e3",
+            "--deadline", "1", "--backoff-limit", "0", "--env", "_A1=x: {y}", "--secret-env",
+            "B=my.secret:tls.key", "--node-selector", "example.com/pool=gpu_a-1",
+            "--service-account", "sa.one", "--", "--config", "synth-detection"]
+    assert main(argv) == 0
+    job = yaml.safe_load(capsys.readouterr().out)
+    validate_mpijob(job, K8S_VERSIONS[-1])
+    assert job["metadata"]["namespace"] == "team-a"
+    assert job["spec"]["runPolicy"]["activeDeadlineSeconds"] == 1
