@@ -56,6 +56,8 @@ CASES = [
     ("train-unknown-override-key", [*DETECT, "--set", "data.train={t}/data", "--set",
                                     "model_overrides.dropout=0.5"], 2,
      "'model_overrides.dropout'"),
+    ("train-missing-data", [*DETECT, "--set", "data.train={t}/nope"], 2,
+     "'data.train': {t}/nope: no such dataset directory"),
     ("train-storage-down", [*DETECT, "--set", "data.train=s3://bucket/set"], 2,
      "s3://bucket/set/label_map.json"),
     ("evaluate-bbox-wrong-length", ["evaluate", "--annotations", "{t}/gt.json", "--detections",
@@ -165,6 +167,7 @@ def _run(argv: list[str], capsys) -> tuple[int, list[str], str]:
 @pytest.mark.parametrize("argv, code, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_hostile_input_one_line_no_traceback(corpus, offline, capsys, argv, code, needle):
     argv = [a.replace("{t}", str(corpus)) for a in argv]
+    needle = needle.replace("{t}", str(corpus))
     got, lines, everything = _run(argv, capsys)
     assert got == code, everything
     assert len(lines) == 1, lines

@@ -72,6 +72,7 @@ def test_predict_goes_on_past_unreadable_inputs(tmp_path, tiny_artifact, capsys)
     folder = _write_images(tmp_path / "imgs", sample_images(2, seed=5))
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
     (folder / "empty.jpg").write_bytes(b"")
+    (folder / "data-00000-of-00001.tfrecord.partial").write_bytes(b"a conversion in progress")
     out = tmp_path / "pred"
     args = ["predict", "--model", str(tmp_path / "artifact"), str(folder), "--output", str(out),
             "--batch-size", "1"]

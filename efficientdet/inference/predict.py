@@ -13,12 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from efficientdet.data.shards import PARTIAL_SUFFIX
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 TFRECORD_MARKERS = (".tfrecord", ".record")
 
 
 def _is_tfrecord(path: Path) -> bool:
-    return any(m in path.name for m in TFRECORD_MARKERS)
+    """A TFRecord file, not the ``*.partial`` of a conversion in progress."""
+    return (any(m in path.name for m in TFRECORD_MARKERS)
+            and not path.name.endswith(PARTIAL_SUFFIX))
 
 
 def iter_inputs(paths: list[str]) -> Iterator[tuple[str, np.ndarray | str]]:

@@ -6,6 +6,7 @@ The loop in ``training.loop`` is task-agnostic; it asks a task for these pieces.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -86,6 +87,9 @@ class Task:
             kind = "an EfficientDet" if self.name == "detection" else "an EfficientNet"
             raise ConfigError(f"task {self.name!r} needs {kind} model, got {config['model']!r}")
         out = dict(config)
+        train = dataset_dir(config["data"]["train"])
+        if not storage.is_remote(train) and not os.path.isdir(train):
+            raise ConfigError(f"config key 'data.train': {train}: no such dataset directory")
         label_map = read_label_map(config["data"]["train"])
         if out["num_classes"] is None:
             if label_map is None:
