@@ -352,3 +352,16 @@ def test_readers_refuse_incomplete_datasets_and_partial_files(synth, tmp_path):
         list_files(str(out))
     with pytest.raises(IncompleteDataset, match=f"--data {out}: no report.json"):
         dataset_files(str(out))
+
+
+def test_output_through_a_symlink_replaces_the_target(synth, tmp_path):
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    for shards in (3, 2):
+        cc.convert_coco(str(synth / "annotations.json"), str(synth / "images"), str(link),
+                        num_shards=shards, workers=1, progress=False)
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    assert sorted(p.name for p in real.iterdir()) == [
+        "data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord", "label_map.json",
+        "report.json"]

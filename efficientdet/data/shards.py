@@ -91,7 +91,7 @@ class ShardSet:
         if self.remote:
             self.local_dir = Path(tempfile.mkdtemp(prefix="effdet-shards-"))
         else:
-            self.final = Path(self.output_uri)
+            self.final = Path(os.path.realpath(self.output_uri))  # swap a link's target
             self._check_output()
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self._remove_stale_staging()
