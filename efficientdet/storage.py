@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,28 @@ _QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 class StorageError(Exception):
     """A storage operation failed; the message names the URI."""
+
+
+class UnsafePath(StorageError):
+    """An object key or relative path that would land outside its root (``..``, absolute)."""
+
+
+def resolve_inside(root: str | os.PathLike, rel: str, what: str) -> Path:
+    """``root/rel``, refused when ``rel`` could leave ``root``: keys and file names come from
+    untrusted listings and JSON, so absolute paths, ``..`` components and NUL are errors.
+    The check is lexical (symlinks inside the root are the owner's choice)."""
+    rel = str(rel)
+    pure = PurePosixPath(rel)
+    if not rel or "\0" in rel or pure.is_absolute() or ".." in pure.parts:
+        raise UnsafePath(f"{what} {rel!r}: leaves {root} (absolute or '..' path)")
+    return Path(root, *pure.parts)
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (0666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def is_remote(uri: str | os.PathLike) -> bool:
@@ -148,6 +170,7 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, _file_mode())  # mkstemp makes 0600; readers of datasets need more
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
@@ -319,7 +342,7 @@ def sync_to_local(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = 
         return path
     bucket, key = split_s3(uri)
     cache = Path(cache_dir or tempfile.mkdtemp(prefix="effdet-s3-"))
-    target = cache / bucket / key.rstrip("/")
+    target = resolve_inside(cache, f"{bucket}/{key}".rstrip("/"), uri)
     client = s3_client()
     prefix = key.rstrip("/") + "/" if key else ""
     try:
@@ -342,7 +365,7 @@ def sync_to_local(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = 
                 if not rel or obj["Key"].endswith("/"):
                     continue
                 found = True
-                dst = target / rel
+                dst = resolve_inside(target, rel, f"{uri}: object key")
                 if dst.is_file() and dst.stat().st_size == obj["Size"]:
                     continue
                 download_file(f"{S3_SCHEME}{bucket}/{obj['Key']}", dst)

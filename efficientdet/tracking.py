@@ -22,6 +22,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+from efficientdet.credentials import carries_credentials
+
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "efficientdet"
@@ -72,9 +74,9 @@ def clean_params(params: dict[str, Any]) -> dict[str, str]:
     """Params as MLflow takes them: strings, bounded length, nothing secret-looking."""
     out = {}
     for key, value in params.items():
-        if is_secret_key(key):
-            continue
         text = "null" if value is None else str(value)
+        if is_secret_key(key) or carries_credentials(text):
+            continue
         out[key] = text[:MAX_PARAM_CHARS]
     return out
 
@@ -102,7 +104,9 @@ def step_run(step: str, *, params: dict | None = None, tags: dict | None = None,
         yield None
         return
     uri = os.environ["MLFLOW_TRACKING_URI"]
-    reason = _preflight(uri)
+    reason = ("MLFLOW_TRACKING_URI carries credentials (user:password@): set "
+              "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (the MLflow Secret) instead"
+              if carries_credentials(uri) else _preflight(uri))
     if reason is not None:
         _warn_once(reason)
         yield None

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from kfp import dsl
 from kfp import kubernetes as k8s
 
+from efficientdet.credentials import no_credentials
+
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # Keys of the cluster's settings ConfigMap (manifests/base/pipeline/pipeline-env.yaml); each is
 # optional, so a cluster sets only what differs from the defaults.
@@ -41,6 +43,13 @@ class ClusterOptions:
     gpu_toleration: bool = True
     step_timeout_s: int = 0
     retries: bool = True  # off for local runs: a failure there is a bug to see at once
+
+    def __post_init__(self):
+        no_credentials(self.mlflow_tracking_uri or "", "MLflow tracking URI",
+                       f"the Secret {self.mlflow_secret or 'effdet-mlflow'} "
+                       "(MLFLOW_TRACKING_USERNAME/PASSWORD)")
+        no_credentials(self.s3_endpoint_url or "", "S3 endpoint",
+                       f"the Secret {self.s3_secret or 'effdet-s3'}")
 
     @classmethod
     def local(cls) -> ClusterOptions:

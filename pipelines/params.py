@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
+
+from efficientdet import validation as v
+
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+# Value rules beyond the declared type; 0, -1 GPUs and "" mean "the default".
+RULES = {
+    **dict.fromkeys(("image_size", "steps", "batch_size", "workers", "deadline_seconds",
+                     "num_shards", "eval_batch_size"), v.NonNegativeInt),
+    "gpus_per_worker": Annotated[int, Field(strict=True, ge=-1)],
+    "epochs": v.NonNegativeNumber,
+    "max_parity_drop": v.Probability,
+    "threshold": v.Number,
+    "worker_cpu": v.Quantity,
+    "worker_memory": v.Quantity,
+}
 
 
 def declared(pipeline) -> dict[str, str]:
@@ -36,6 +53,8 @@ def coerce(pipeline, pairs: list[str]) -> dict:
                 out[name] = value
         except ValueError:
             raise ValueError(f"--param {name}={value!r}: not a valid {kind.lower()}") from None
+        if name in RULES and out[name] != "":
+            v.check(out[name], RULES[name], f"--param {name}")
     return out
 
 

@@ -28,9 +28,13 @@ def token_from_env(environ=None) -> str | None:
 
 
 def client(host: str, namespace: str | None = None):
+    import warnings
+
     import kfp
 
-    return kfp.Client(host=host, existing_token=token_from_env(), namespace=namespace)
+    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": noise
+        warnings.simplefilter("ignore", FutureWarning)
+        return kfp.Client(host=host, existing_token=token_from_env(), namespace=namespace)
 
 
 def submit(package: str, *, host: str, experiment: str, params: dict, run_name: str,

@@ -181,11 +181,16 @@ def test_malformed_annotations_file_is_a_clear_error(tmp_path, content, message,
     assert "none.json" in capsys.readouterr().err
 
 
+def _all_bytes(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
 def test_interrupted_run_then_rerun_is_safe(synth, tmp_path, monkeypatch):
     ann, imgs, out = str(synth / "annotations.json"), str(synth / "images"), tmp_path / "out"
     cc.convert_coco(ann, imgs, str(tmp_path / "clean"), num_shards=3, workers=1, progress=False)
     # A complete earlier conversion with another shard count is in the output directory.
     cc.convert_coco(ann, imgs, str(out), num_shards=2, workers=1, progress=False)
+    good = _all_bytes(out)
     real = cc.process_image
     calls = {"n": 0}
 
@@ -198,15 +203,118 @@ def test_interrupted_run_then_rerun_is_safe(synth, tmp_path, monkeypatch):
     monkeypatch.setattr(cc, "process_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cc.convert_coco(ann, imgs, str(out), num_shards=3, workers=1, progress=False)
-    assert not (out / "report.json").exists()  # an incomplete dataset is not marked complete
-    assert not list(out.glob("*.partial"))
-    # A hard kill leaves partial files behind: simulate one.
-    (out / "data-00001-of-00003.tfrecord.partial").write_bytes(b"half a shard")
+    assert _all_bytes(out) == good  # the earlier good dataset is untouched, report included
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "out"]  # no staging left
+    # A hard kill leaves a staging directory behind (its process is gone): simulate one.
+    (tmp_path / ".out.incoming-999999999").mkdir()
+    (tmp_path / ".out.incoming-999999999" / "data-00001-of-00003.tfrecord.partial").write_bytes(
+        b"half a shard")
     monkeypatch.setattr(cc, "process_image", real)
     cc.convert_coco(ann, imgs, str(out), num_shards=3, workers=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "out"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
         list(_shard_bytes(tmp_path / "clean")) + ["label_map.json", "report.json"])
     assert _shard_bytes(out) == _shard_bytes(tmp_path / "clean")
+
+
+def test_failed_rerun_keeps_the_good_dataset_and_reruns_are_byte_identical(synth, bad,
+                                                                            tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["convert", "coco", "--annotations", str(synth / "annotations.json"), "--images",
+            str(synth / "images"), "--output", str(out), "--workers", "1", "--no-progress"]
+    assert main(args) == 0
+    first = _all_bytes(out)
+    assert main(args) == 0
+    assert _all_bytes(out) == first  # same command, same bytes (report.json too)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~_umask() for p in out.iterdir())
+    # a rerun that fails (--strict on the bad corpus) leaves the good set as it was
+    assert main(["convert", "coco", "--annotations", str(bad / "annotations.json"), "--images",
+                 str(bad / "images"), "--output", str(out), "--strict", "--workers", "1",
+                 "--no-progress"]) == 2
+    assert _all_bytes(out) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_output_holding_other_files_is_refused(synth, tmp_path, capsys):
+    (tmp_path / "notes.md").write_text("mine")
+    code = main(["convert", "coco", "--annotations", str(synth / "annotations.json"),
+                 "--images", str(synth / "images"), "--output", str(tmp_path), "--workers", "1",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "notes.md" in err and str(tmp_path) in err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.md"]
+
+
+def test_sigterm_cleans_up_like_ctrl_c(synth, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    real = cc.process_image
+    calls = {"n": 0}
+
+    def killed(task):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(task)
+
+    monkeypatch.setattr(cc, "process_image", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(["convert", "coco", "--annotations", str(synth / "annotations.json"),
+                 "--images", str(synth / "images"), "--output", str(tmp_path / "out"),
+                 "--workers", "1", "--no-progress"])
+    assert code == 143 and "terminated" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no output, no staging, no partial shard
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_hostile_annotation_values(synth, tmp_path):
+    coco = json.loads((synth / "annotations.json").read_text())
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes((synth / "images" / coco["images"][0]["file_name"]).read_bytes())
+    first = coco["images"][0]["id"]
+    coco["images"] += [
+        {"id": 1001, "file_name": "../outside.jpg"},
+        {"id": 1002, "file_name": str(outside)},
+        {"id": 1003, "file_name": coco["images"][1]["file_name"], "width": "96"},
+    ]
+    base = {"image_id": first, "bbox": [1, 1, 5, 5], "area": 25.0}
+    coco["annotations"] += [
+        {**base, "id": 9001, "category_id": 1.0},
+        {**base, "id": 9002, "category_id": True},
+        {**base, "id": 9003, "category_id": [1]},
+        {**base, "id": 9004, "category_id": 1, "iscrowd": "no"},
+        {**base, "id": 9005, "category_id": 1, "iscrowd": 2},
+        {**base, "id": 9006, "category_id": {"id": 1}},
+    ]
+    path = tmp_path / "hostile.json"
+    path.write_text(json.dumps(coco))
+    images = tmp_path / "imgs"
+    images.symlink_to(synth / "images")
+    report = cc.convert_coco(str(path), str(images), str(tmp_path / "out"), workers=1,
+                             progress=False)
+    problems = {p["input"]: p["reason"] for p in report["problems"]}
+    assert problems["../outside.jpg"] == "path_outside_images"
+    assert problems[str(outside)] == "path_outside_images"
+    assert problems[coco["images"][1]["file_name"]] == "malformed_image_entry"
+    for ann_id in range(9001, 9007):
+        name = f"annotation {ann_id} of {coco['images'][0]['file_name']}"
+        assert problems[name] == "malformed_annotation", name
+    assert report["images"]["written"] == 12 and report["annotations"]["crowd"] == 0
+    assert report["annotations"]["dropped_by_reason"] == {"malformed_annotation": 6}
+    assert "outside.jpg" not in read_detection((tmp_path / "out").glob("data-*.tfrecord"))
+    with pytest.raises(ConversionError, match="outside.jpg.*path_outside_images"):
+        cc.convert_coco(str(path), str(images), str(tmp_path / "strict"), workers=1,
+                        progress=False, strict=True)
 
 
 def test_s3_input_and_output(synth, s3_bucket, tmp_path):
@@ -225,3 +333,35 @@ def test_s3_input_and_output(synth, s3_bucket, tmp_path):
     assert report["images"]["written"] == 12 and report["output"] == out
     local = storage.sync_to_local(out, tmp_path / "back")
     assert len(read_detection(local.glob("data-*.tfrecord"))) == 12
+
+
+def test_readers_refuse_incomplete_datasets_and_partial_files(synth, tmp_path):
+    from efficientdet.data.pipelines import list_files
+    from efficientdet.data.shards import IncompleteDataset
+    from efficientdet.evaluation.evaluate import dataset_files
+
+    out = tmp_path / "out"
+    cc.convert_coco(str(synth / "annotations.json"), str(synth / "images"), str(out),
+                    num_shards=2, workers=1, progress=False)
+    (out / "data-00000-of-00002.tfrecord.partial").write_bytes(b"half a shard")
+    shards = [str(out / f"data-0000{i}-of-00002.tfrecord") for i in range(2)]
+    assert list_files(str(out)) == shards
+    assert dataset_files(str(out))[0] == shards
+    (out / "report.json").unlink()
+    with pytest.raises(IncompleteDataset, match="no report.json"):
+        list_files(str(out))
+    with pytest.raises(IncompleteDataset, match=f"--data {out}: no report.json"):
+        dataset_files(str(out))
+
+
+def test_output_through_a_symlink_replaces_the_target(synth, tmp_path):
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    for shards in (3, 2):
+        cc.convert_coco(str(synth / "annotations.json"), str(synth / "images"), str(link),
+                        num_shards=shards, workers=1, progress=False)
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    assert sorted(p.name for p in real.iterdir()) == [
+        "data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord", "label_map.json",
+        "report.json"]

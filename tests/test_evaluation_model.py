@@ -139,6 +139,7 @@ def test_classifier_evaluate_predict_and_export(tmp_path, monkeypatch, capsys):
                                            width=im.shape[1], filename=f"{i}.png", label=label,
                                            text=f"c{label}", image_format="png")
                     .SerializeToString())
+    (tmp_path / "data" / "report.json").write_text("{}")  # marks a complete dataset
     assert main(["evaluate", "--model", str(tmp_path / "artifact"), "--data",
                  str(tmp_path / "data"), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]

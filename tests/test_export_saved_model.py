@@ -98,6 +98,7 @@ def write_dataset(directory, images: list[np.ndarray], seed: int = 0) -> str:
                                    areas=[0.0] * m, image_format="png")
             w.write(ex.SerializeToString())
     (directory / "label_map.json").write_text(json.dumps(LABEL_MAP))
+    (directory / "report.json").write_text("{}")  # marks a complete dataset
     return str(directory)
 
 

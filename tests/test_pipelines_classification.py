@@ -48,6 +48,7 @@ def plain_set(tmp_path_factory):
         examples.append(_example(pixels, label, f"img{i:03d}.jpg"))
     for shard in range(3):
         _write(root / f"data-{shard:05d}-of-00003.tfrecord", examples[shard::3])
+    (root / "report.json").write_text("{}")  # marks a complete dataset
     return root
 
 

@@ -82,6 +82,7 @@ def dataset_dir(tmp_path_factory):
     examples, truth = _random_set(14)
     for shard in range(4):
         _write(root / f"data-{shard:05d}-of-00004.tfrecord", examples[shard::4])
+    (root / "report.json").write_text("{}")  # marks a complete dataset
     return root, truth
 
 
@@ -351,6 +352,7 @@ def test_reads_shards_from_s3_through_the_local_cache(dataset_dir, s3_bucket, tm
     for path in sorted(root.glob("*.tfrecord")):
         storage.upload_file(path, f"s3://{s3_bucket}/sets/val/{path.name}")
     storage.write_text(f"s3://{s3_bucket}/sets/val/label_map.json", "{}")  # not a shard: ignored
+    storage.write_text(f"s3://{s3_bucket}/sets/val/report.json", "{}")
     remote = f"s3://{s3_bucket}/sets/val"
     assert len(pipelines.list_files(remote)) == 4
     assert pipelines.list_files(remote + "/*-00001-*.tfrecord") == [

@@ -66,3 +66,25 @@ def test_predict_bad_inputs_name_the_input(tmp_path, tiny_artifact, capsys):
     assert "notes.txt: not an image" in capsys.readouterr().err
     assert main(["predict", "--model", str(tmp_path / "nowhere"), str(tmp_path)]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_predict_goes_on_past_unreadable_inputs(tmp_path, tiny_artifact, capsys):
+    folder = _write_images(tmp_path / "imgs", sample_images(2, seed=5))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "data-00000-of-00001.tfrecord.partial").write_bytes(b"a conversion in progress")
+    out = tmp_path / "pred"
+    args = ["predict", "--model", str(tmp_path / "artifact"), str(folder), "--output", str(out),
+            "--batch-size", "1"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    preds = json.loads((out / "predictions.json").read_text())["predictions"]
+    by_name = {p["image"].rsplit("/", 1)[-1]: p for p in preds}
+    assert sorted(by_name) == ["broken.png", "empty.jpg", "img0.png", "img1.png"]
+    assert set(by_name["broken.png"]) == {"image", "error"}
+    assert "not a readable image" in by_name["empty.jpg"]["error"]
+    assert "detections" in by_name["img1.png"] and "error" not in by_name["img1.png"]
+    assert "broken.png" in err and "empty.jpg" in err and "Traceback" not in err
+    assert len(list((out / "images").glob("*.jpg"))) == 2
+    assert main([*args, "--strict"]) == 2
+    assert "--strict: 2 of 4 inputs could not be read" in capsys.readouterr().err

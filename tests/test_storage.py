@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import boto3
 import pytest
@@ -116,3 +117,40 @@ def test_client_retries_and_no_credentials_in_logs(s3_bucket, monkeypatch, caplo
         storage.read_bytes(f"s3://{s3_bucket}/missing.txt")
     text = caplog.text
     assert "AKIDLOGCHECK0001" not in text and "very-secret-value-42" not in text
+
+
+@pytest.mark.parametrize("rel", ["../x", "a/../../x", "/etc/passwd", "", "a\0b"])
+def test_resolve_inside_refuses_paths_leaving_the_root(tmp_path, rel):
+    with pytest.raises(storage.UnsafePath, match="leaves"):
+        storage.resolve_inside(tmp_path, rel, "file_name")
+
+
+def test_resolve_inside_keeps_odd_but_inner_names(tmp_path):
+    assert storage.resolve_inside(tmp_path, "sub//ünï x.jpg", "f") == tmp_path / "sub" / "ünï x.jpg"
+
+
+@pytest.mark.parametrize("key", ["ds/../../escaped.txt", "ds//abs/escaped.txt"])
+def test_download_never_writes_outside_its_cache(s3_bucket, tmp_path, key):
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    client.put_object(Bucket=s3_bucket, Key="ds/ok.txt", Body=b"ok")
+    client.put_object(Bucket=s3_bucket, Key=key, Body=b"evil")
+    assert key in [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    cache = tmp_path / "deep" / "cache"
+    with pytest.raises(storage.UnsafePath, match="object key"):
+        storage.sync_to_local(f"s3://{s3_bucket}/ds", cache)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(cache in p.parents for p in written), written
+    assert not Path("/abs/escaped.txt").exists()
+    with pytest.raises(storage.UnsafePath):
+        storage.sync_to_local(f"s3://{s3_bucket}/../escaped.txt", cache)
+
+
+def test_written_files_get_the_umask_mode_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        storage.write_bytes(tmp_path / "a.json", b"{}")
+        storage.upload_file(tmp_path / "a.json", str(tmp_path / "b.json"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644

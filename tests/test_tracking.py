@@ -99,3 +99,15 @@ def test_clean_params():
     out = tracking.clean_params({"password": "p", "aws_access_key_id": "k", "lr": None,
                                  "long": "x" * 10000, "api_token": "t"})
     assert out == {"lr": "null", "long": "x" * tracking.MAX_PARAM_CHARS}
+
+
+def test_credentials_in_uris_never_reach_params_or_logs(monkeypatch, caplog):
+    assert tracking.clean_params({"data": "s3://b/set", "uri": "http://u:pw@h:5000/x",
+                                  "db": "postgresql://me:pw@db/m"}) == {"data": "s3://b/set"}
+    tracking.reset_warning_state()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://admin:hunter2@127.0.0.1:9")
+    caplog.set_level(logging.WARNING, logger="efficientdet.tracking")
+    with tracking.step_run("train", params={"a": 1}) as run:
+        assert run is None
+    assert "carries credentials" in caplog.text and "hunter2" not in caplog.text
+    tracking.reset_warning_state()

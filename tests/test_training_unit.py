@@ -41,6 +41,7 @@ def write_detection_set(out: Path, *, images: int = 16, classes: int = 3, image_
     for w in writers:
         w.close()
     (out / "label_map.json").write_text(json.dumps({"task": "detection", "classes": cats}))
+    (out / "report.json").write_text("{}")  # marks a complete dataset
     return out
 
 
@@ -68,6 +69,7 @@ def write_classification_set(out: Path, *, per_class: int = 8, classes: int = 3,
     (out / "label_map.json").write_text(json.dumps(
         {"task": "classification", "classes": [{"id": c, "name": f"class{c}"}
                                                for c in range(classes)]}))
+    (out / "report.json").write_text("{}")
     return out
 
 
@@ -104,6 +106,16 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ({"data": {"train": "d"}}, ["data.batch_size=0"], "'data.batch_size'"),
     ({"data": {"train": "d"}}, ["nonsense"], "key=value"),
     ({}, [], "'data.train'"),
+    ({"data": {"train": "d"}}, ["optimizer.lr=-0.1"], "'optimizer.lr': input should be greater"),
+    ({"data": {"train": "d"}}, ["optimizer.lr=.nan"], "'optimizer.lr': input should be a finite"),
+    ({"data": {"train": "d"}}, ["train.epochs=0"], "'train.epochs': input should be greater"),
+    ({"data": {"train": "d"}}, ["image_size=0"], "'image_size'"),
+    ({"data": {"train": "d"}}, ["image_size=-512"], "'image_size'"),
+    ({"data": {"train": "d"}}, ["num_classes=0"], "'num_classes'"),
+    ({"data": {"train": "d"}}, ["optimizer.momentum=1.5"], "'optimizer.momentum'"),
+    ({"data": {"train": "d"}}, ["optimizer.warmup_start_factor=2"], "warmup_start_factor"),
+    ({"data": {"train": "d"}}, ["train.steps=1.0"], "'train.steps'"),
+    ({"data": {"train": "d"}}, ["checkpoint.keep=true"], "'checkpoint.keep'"),
 ])
 def test_bad_config_names_the_key(user, overrides, needle):
     with pytest.raises(cfg.ConfigError, match=needle.replace(".", r"\.")):
@@ -267,3 +279,72 @@ def test_checkpoints_on_s3_keep_last_and_resume(s3_bucket, tmp_path):
                              cache_dir=str(tmp_path / "c2"))
     assert store2.restore_latest().endswith("ckpt-3")
     assert int(step2.numpy()) == 3 and v2.numpy().tolist() == [3.0, 0.0]
+
+
+def test_model_overrides_and_image_size_are_checked_against_the_model(tmp_path):
+    from efficientdet.training.tasks import get_task
+
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "label_map.json").write_text(json.dumps({"classes": [{"id": 1, "name": "a"}]}))
+    base = {"data": {"train": str(data)}, "model": "efficientdet-d0"}
+    with pytest.raises(cfg.ConfigError, match="'model_overrides.dropout_rat'.*drop_connect_rate"):
+        get_task("detection").resolve(cfg.build_config({**base, "model_overrides": {
+            "dropout_rat": 0.1}}))
+    with pytest.raises(cfg.ConfigError, match="'image_size': 300 is not a multiple of 128"):
+        get_task("detection").resolve(cfg.build_config({**base, "image_size": 300}))
+    assert get_task("detection").resolve(cfg.build_config(base))["num_classes"] == 1
+
+
+def test_label_map_errors_are_not_reported_as_missing(tmp_path, monkeypatch):
+    from efficientdet.training.tasks import read_label_map
+
+    assert read_label_map(str(tmp_path)) is None  # really missing
+    (tmp_path / "label_map.json").write_text("{not json")
+    with pytest.raises(cfg.ConfigError, match="label_map.json: not a valid label map"):
+        read_label_map(str(tmp_path))
+    # storage down: a one-line storage error naming the URI, not "has no label_map.json"
+    from efficientdet import storage
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    with pytest.raises(storage.StorageError, match="s3://bucket/set/label_map.json"):
+        read_label_map("s3://bucket/set")
+
+
+def _keras_checkpoint(units: int):
+    import keras
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units, name="class_head")])
+    step = tf.Variable(0, dtype=tf.int64)
+    return model, step, tf.train.Checkpoint(model=model, step=step)
+
+
+def test_checkpoint_fallback_stale_temp_and_shape_mismatch(tmp_path, caplog):
+    from efficientdet.training.checkpoints import CheckpointMismatch, CheckpointStore
+
+    _, step, ckpt = _keras_checkpoint(3)
+    store = CheckpointStore(ckpt, str(tmp_path), keep=3, meta={"num_classes": 3})
+    for s in (1, 2):
+        step.assign(s)
+        store.save(s)
+    (tmp_path / "ckpt-3_temp").mkdir()  # a save killed midway
+    (tmp_path / "ckpt-3_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x")
+    newest = tmp_path / "ckpt-2.data-00000-of-00001"
+    newest.write_bytes(newest.read_bytes()[:10])  # truncated
+    _, step2, ckpt2 = _keras_checkpoint(3)
+    store2 = CheckpointStore(ckpt2, str(tmp_path), keep=3, meta={"num_classes": 3})
+    with caplog.at_level("WARNING"):
+        assert store2.restore_latest().endswith("ckpt-1")
+    assert int(step2.numpy()) == 1
+    assert "ckpt-2 is unreadable" in caplog.text
+    assert not (tmp_path / "ckpt-3_temp").exists()
+    # another number of classes: named, with the variable and both shapes
+    _, _, ckpt3 = _keras_checkpoint(5)
+    store3 = CheckpointStore(ckpt3, str(tmp_path), keep=3, meta={"num_classes": 5})
+    with pytest.raises(CheckpointMismatch, match=r"class_head.*\(4, 3\).*\(4, 5\).*"
+                                                 r"num_classes 3 -> 5"):
+        store3.restore_latest()

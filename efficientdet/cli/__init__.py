@@ -9,7 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import tempfile
+import time
+import traceback
 
 from efficientdet import __version__
 
@@ -32,8 +36,15 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2, no traceback."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block is one `--help` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="effdet",
         description="Train, evaluate and ship EfficientDet and EfficientNet models, "
         "on one machine or on Kubernetes.",
@@ -46,21 +57,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """An expected failure as one line naming its input."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        if isinstance(exc, FileExistsError) and os.path.isfile(exc.filename):
+            return f"{exc.filename}: is a file, not a directory"  # mkdir of a path through it
+        return f"{exc.filename}: {exc.strerror}"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def crash_log(command: str, exc: BaseException) -> str:
+    """Write the full trace of an unexpected error to a log file; returns its path
+    (``$EFFDET_LOG_DIR``, else ``<tmp>/effdet-logs``)."""
+    log_dir = os.environ.get("EFFDET_LOG_DIR") or os.path.join(tempfile.gettempdir(),
+                                                               "effdet-logs")
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(log_dir, f"effdet-{command}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                 f"{os.getpid()}.log")
+    with open(path, "w") as f:
+        f.write(f"effdet {' '.join(sys.argv[1:])}\n")
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=f)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Expected failures (bad input, missing or unwritable files, storage
+    errors) exit 2 with one line naming the input; anything else exits 1 with one line and the
+    path of the full trace. SIGTERM cleans up like Ctrl-C."""
+    from efficientdet.signals import Terminated, terminate_raises
+    from efficientdet.storage import StorageError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    name = f"effdet {args.command}"
     try:
-        return int(args.handler(args) or 0)
-    except UsageError as exc:
-        print(f"effdet {args.command}: error: {exc}", file=sys.stderr)
+        with terminate_raises():
+            return int(args.handler(args) or 0)
+    except (UsageError, StorageError, OSError) as exc:
+        print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"effdet {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"{name}: terminated (SIGTERM)", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no raw traceback
+        try:
+            where = f"full trace in {crash_log(args.command, exc)}"
+        except OSError as log_exc:
+            where = f"no trace written ({log_exc})"
+        print(f"{name}: internal error: {type(exc).__name__}: {_one_line(exc)}; {where}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

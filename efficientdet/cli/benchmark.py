@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from efficientdet import validation as v
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -12,9 +14,9 @@ def register(sub) -> None:
         "after warm-up. --model: exported SavedModel/TF-TRT dir, .onnx file or artifact dir.")
     p.add_argument("--model", required=True, metavar="URI")
     p.add_argument("--batch-sizes", default="1,8", metavar="LIST", help="e.g. 1,8,32")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iterations", type=int, default=20)
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--warmup", type=v.arg(v.NonNegativeInt), default=5)
+    p.add_argument("--iterations", type=v.arg(v.PositiveInt), default=20)
+    p.add_argument("--image-size", type=v.arg(v.PositiveInt), default=None,
                    help="input image side (default: the model's input size)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from efficientdet import validation as v
+
 
 def _common(p) -> None:
     p.add_argument("--output", required=True, help="output directory (local path or s3://)")
-    p.add_argument("--shards", type=int, default=None,
+    p.add_argument("--shards", type=v.arg(v.PositiveInt), default=None,
                    help="number of shards (default: up to 8 for small sets, ~1000 images each)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=v.arg(v.PositiveInt), default=None,
                    help="decoding processes (default: CPU count, at most 8)")
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 2, naming the input) instead of skipping anything")
@@ -37,10 +39,6 @@ def run(args) -> int:
     from efficientdet.cli import UsageError
     from efficientdet.data.report import ConversionError
 
-    if args.shards is not None and args.shards < 1:
-        raise UsageError(f"--shards must be >= 1, got {args.shards}")
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     common = {"num_shards": args.shards, "workers": args.workers, "strict": args.strict,
               "cache_dir": args.cache_dir, "progress": not args.no_progress}
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from efficientdet import validation as v
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -13,10 +15,12 @@ def register(sub) -> None:
     coco = verbs.add_parser("synth-coco", help="COCO detection set: DIR/images/*.jpg + "
                             "DIR/annotations.json")
     coco.add_argument("--output", required=True, help="directory to write")
-    coco.add_argument("--images", type=int, default=64, help="number of images (default 64)")
-    coco.add_argument("--classes", type=int, default=4, help="number of classes, 1-8 (default 4)")
+    coco.add_argument("--images", type=v.arg(v.PositiveInt), default=64,
+                      help="number of images (default 64)")
+    coco.add_argument("--classes", type=v.arg(v.PositiveInt), default=4,
+                      help="number of classes, 1-8 (default 4)")
     coco.add_argument("--seed", type=int, default=0)
-    coco.add_argument("--image-size", type=int, default=256,
+    coco.add_argument("--image-size", type=v.arg(v.PositiveInt), default=256,
                       help="longest image side in pixels (default 256)")
     coco.add_argument("--bad-cases", action="store_true",
                       help="write the bad-input corpus of docs/data.md instead")
@@ -24,10 +28,11 @@ def register(sub) -> None:
 
     inet = verbs.add_parser("synth-imagenet", help="class-per-folder set: DIR/<class>/*.jpg")
     inet.add_argument("--output", required=True, help="directory to write")
-    inet.add_argument("--images-per-class", type=int, default=20)
-    inet.add_argument("--classes", type=int, default=4, help="number of classes, 1-8 (default 4)")
+    inet.add_argument("--images-per-class", type=v.arg(v.PositiveInt), default=20)
+    inet.add_argument("--classes", type=v.arg(v.PositiveInt), default=4,
+                      help="number of classes, 1-8 (default 4)")
     inet.add_argument("--seed", type=int, default=0)
-    inet.add_argument("--image-size", type=int, default=128,
+    inet.add_argument("--image-size", type=v.arg(v.PositiveInt), default=128,
                       help="image side in pixels (default 128)")
     inet.set_defaults(handler=run)
 

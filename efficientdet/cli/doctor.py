@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from efficientdet import validation as v
+
 
 def register(sub) -> None:
     from efficientdet.doctor import REQUIRABLE
@@ -16,7 +18,8 @@ def register(sub) -> None:
     )
     p.add_argument("--require", default="", metavar="LIST",
                    help=f"comma-separated capabilities that must be present: {','.join(REQUIRABLE)}")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for MLflow and S3")
+    p.add_argument("--timeout", type=v.arg(v.PositiveNumber, float), default=5.0,
+                   help="seconds to wait for MLflow and S3")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=run)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from efficientdet import validation as v
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -18,8 +20,9 @@ def register(sub) -> None:
     p.add_argument("--annotations", metavar="FILE", help="COCO instances JSON (ground truth)")
     p.add_argument("--detections", metavar="FILE", help="COCO results-format detections JSON")
     p.add_argument("--output", metavar="DIR", help="write metrics.json, detections.json, reports")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N")
+    p.add_argument("--batch-size", type=v.arg(v.PositiveInt), default=8)
+    p.add_argument("--max-images", type=v.arg(v.PositiveInt), default=None,
+                   help="evaluate only the first N")
     p.add_argument("--no-report", action="store_true", help="skip PR curves / charts / HTML")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(handler=run)
@@ -62,8 +65,6 @@ def run(args) -> int:
         return 0
     if not (args.model and args.data):
         raise UsageError("need --model and --data (or --annotations and --detections)")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     from efficientdet.evaluation.evaluate import evaluate_model
 
     try:

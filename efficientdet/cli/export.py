@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from efficientdet import validation as v
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -20,12 +22,13 @@ def register(sub) -> None:
                    help="TF-TRT precision")
     p.add_argument("--calibration-data", metavar="URI", help="TFRecords for INT8 calibration")
     p.add_argument("--nms", default="hard", choices=("hard", "soft"))
-    p.add_argument("--max-detections", type=int, default=100)
-    p.add_argument("--score-threshold", type=float, default=0.001)
+    p.add_argument("--max-detections", type=v.arg(v.PositiveInt), default=100)
+    p.add_argument("--score-threshold", type=v.arg(v.Probability, float), default=0.001)
     p.add_argument("--data", metavar="URI", help="eval TFRecords for the parity check")
-    p.add_argument("--max-ap-drop", type=float, default=0.01,
+    p.add_argument("--max-ap-drop", type=v.arg(v.Probability, float), default=0.01,
                    help="largest allowed AP (or top-1) drop, absolute (default 0.01)")
-    p.add_argument("--max-images", type=int, default=None, help="parity on the first N images")
+    p.add_argument("--max-images", type=v.arg(v.PositiveInt), default=None,
+                   help="parity on the first N images")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(handler=run)
 

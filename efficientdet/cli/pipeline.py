@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from efficientdet import validation as v
 from efficientdet.cli import UsageError
 
 PIPELINES = ("detection", "classification")
@@ -29,7 +30,7 @@ def register(sub) -> None:
                            help="MLFLOW_TRACKING_URI for the steps (default: the ConfigMap's)")
             q.add_argument("--s3-endpoint", default="",
                            help="S3 endpoint for the steps (default: the ConfigMap's, else AWS)")
-            q.add_argument("--train-step-gpus", type=int, default=1,
+            q.add_argument("--train-step-gpus", type=v.arg(v.NonNegativeInt), default=1,
                            help="GPUs of the training step's own pod (0 when only MPIJobs train)")
             q.add_argument("--accelerator", default="nvidia.com/gpu", help="accelerator type")
             q.add_argument("--gpu-node-selector", default="",
@@ -52,7 +53,8 @@ def register(sub) -> None:
     s.add_argument("--version-name", help="name of the uploaded version (default: run name)")
     s.add_argument("--namespace", help="Kubeflow profile namespace")
     s.add_argument("--wait", action="store_true", help="wait; exit code follows the final state")
-    s.add_argument("--timeout", type=int, default=24 * 3600, help="--wait limit in seconds")
+    s.add_argument("--timeout", type=v.arg(v.PositiveInt), default=24 * 3600,
+                   help="--wait limit in seconds")
     s.set_defaults(handler=run_submit)
 
     r = verbs.add_parser("run-local", help="run the whole pipeline here under kfp.local")
@@ -72,8 +74,8 @@ def register(sub) -> None:
     m.add_argument("--task", default="train", help="KFP task name (names the job)")
     m.add_argument("--namespace", default="kubeflow")
     m.add_argument("--image", required=True, help="training image")
-    m.add_argument("--workers", type=int, default=1)
-    m.add_argument("--gpus-per-worker", type=int, default=0)
+    m.add_argument("--workers", type=v.arg(v.PositiveInt), default=1)
+    m.add_argument("--gpus-per-worker", type=v.arg(v.NonNegativeInt), default=0)
     m.add_argument("--cpu", default="4")
     m.add_argument("--memory", default="16Gi")
     m.add_argument("--shm-size", default="8Gi")
@@ -84,8 +86,9 @@ def register(sub) -> None:
     m.add_argument("--secret-env", action="append", default=[], metavar="ENV=SECRET:KEY",
                    help="env from a Secret key (repeatable)")
     m.add_argument("--service-account")
-    m.add_argument("--deadline", type=int, default=0, help="activeDeadlineSeconds (0 = none)")
-    m.add_argument("--backoff-limit", type=int, default=0)
+    m.add_argument("--deadline", type=v.arg(v.NonNegativeInt), default=0,
+                   help="activeDeadlineSeconds (0 = none)")
+    m.add_argument("--backoff-limit", type=v.arg(v.NonNegativeInt), default=0)
     m.add_argument("--cleanup", choices=("delete", "keep", "delete-on-success"),
                    default="delete-on-success")
     m.add_argument("train_args", nargs="*", help="effdet train arguments (after --)")
@@ -118,14 +121,14 @@ def _options(args):
         selector = parse_selector(args.gpu_node_selector, "--gpu-node-selector")
     except StepError as exc:
         raise UsageError(str(exc)) from None
-    if args.train_step_gpus < 0:
-        raise UsageError(f"--train-step-gpus {args.train_step_gpus}: must be >= 0")
-    return ClusterOptions(config_map=args.config_map or None, s3_secret=args.s3_secret or None,
-                          mlflow_secret=args.mlflow_secret or None,
-                          mlflow_tracking_uri=args.mlflow_uri or None,
-                          s3_endpoint_url=args.s3_endpoint or None,
-                          accelerator_type=args.accelerator, train_step_gpus=args.train_step_gpus,
-                          gpu_node_selector=selector)
+    try:
+        return ClusterOptions(
+            config_map=args.config_map or None, s3_secret=args.s3_secret or None,
+            mlflow_secret=args.mlflow_secret or None, mlflow_tracking_uri=args.mlflow_uri or None,
+            s3_endpoint_url=args.s3_endpoint or None, accelerator_type=args.accelerator,
+            train_step_gpus=args.train_step_gpus, gpu_node_selector=selector)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run_compile(args) -> int:
@@ -151,9 +154,15 @@ def run_submit(args) -> int:
     import time
 
     pipelines = _pipelines()
+    from efficientdet.credentials import no_credentials
     from pipelines.compile import compile_pipeline
     from pipelines.params import missing_required
     from pipelines.submit import SUCCESS, submit, token_from_env
+
+    try:
+        no_credentials(args.host, "--host", "$KFP_TOKEN")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
     options = _options(args)
     pipeline_obj = pipelines.build(args.pipeline, options)
@@ -169,10 +178,17 @@ def run_submit(args) -> int:
                                        Path(tempfile.mkdtemp()) / f"{args.pipeline}.yaml", options))
     run_name = args.run_name or f"{pipeline_obj.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"submitting to {args.host} (token: {'from env' if token_from_env() else 'none'})")
-    result = submit(package, host=args.host, experiment=args.experiment, params=params,
-                    run_name=run_name, pipeline_name=args.pipeline_name,
-                    version_name=args.version_name, namespace=args.namespace, wait=args.wait,
-                    timeout_s=args.timeout)
+    try:
+        result = submit(package, host=args.host, experiment=args.experiment, params=params,
+                        run_name=run_name, pipeline_name=args.pipeline_name,
+                        version_name=args.version_name, namespace=args.namespace,
+                        wait=args.wait, timeout_s=args.timeout)
+    except Exception as exc:
+        if not _is_kfp_failure(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"--host {args.host}: the KFP API call failed "
+                         f"({type(exc).__name__}: {first})") from None
     if result.version_id:
         print(f"pipeline {args.pipeline_name}: version {result.version_id}")
     print(f"run {result.run_id}: {result.url}")
@@ -180,6 +196,14 @@ def run_submit(args) -> int:
         return 0
     print(f"final state: {result.state}")
     return 0 if result.state and result.state.upper().endswith(SUCCESS) else 1
+
+
+def _is_kfp_failure(exc: Exception) -> bool:
+    """Connection, HTTP and API errors of the KFP client (expected: wrong host, no access)."""
+    import urllib3
+    from kfp_server_api.exceptions import OpenApiException
+
+    return isinstance(exc, (OSError, urllib3.exceptions.HTTPError, OpenApiException, ValueError))
 
 
 def run_local(args) -> int:
@@ -233,6 +257,9 @@ def build_mpijob_spec(args):
         if not (sep and colon and name and secret and key):
             raise UsageError(f"--secret-env {item!r}: expected ENV=SECRET:KEY")
         secret_env.append(mpijob.SecretEnv(name, secret, key))
+    for option, value in (("--run-id", args.run_id), ("--task", args.task)):
+        if not value.strip():
+            raise UsageError(f"{option}: must not be empty (it names the job)")
     if not args.train_args:
         raise UsageError("no training arguments: add them after `--`, e.g. -- --config synth-detection")
     try:
@@ -255,8 +282,8 @@ def run_mpijob(args) -> int:
 
     from efficientdet.pipeline import mpijob
 
-    spec = build_mpijob_spec(args)
     try:
+        spec = build_mpijob_spec(args)
         manifest = mpijob.build_manifest(spec)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -49,6 +49,7 @@ def run(args) -> int:
 
     import logging
 
+    from efficientdet.training.checkpoints import CheckpointError
     from efficientdet.training.loop import TrainingDiverged, TrainingInterrupted, train
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # TF's per-checkpoint INFO lines
@@ -61,7 +62,7 @@ def run(args) -> int:
     except TrainingDiverged as exc:
         print(f"effdet train: error: {exc}", flush=True)
         return 1
-    except (FileNotFoundError, ConfigError) as exc:
+    except (FileNotFoundError, ConfigError, CheckpointError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
     if summary.get("rank", 0) == 0:
         print("summary: " + json.dumps({k: summary.get(k) for k in (

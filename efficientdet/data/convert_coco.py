@@ -99,15 +99,23 @@ def plan(coco: dict, images_dir: Path, report: ConversionReport) -> list[ImageTa
                                  "malformed_image_entry", "needs an integer 'id' and a "
                                  "'file_name'")
             continue
+        try:
+            path = storage.resolve_inside(images_dir, name, "file_name")
+        except storage.UnsafePath as exc:
+            report.image_skipped(name, "path_outside_images", str(exc))
+            continue
         if entry["id"] in tasks:
             report.image_skipped(name, "duplicate_image_id",
                                  f"id {entry['id']} already used by "
                                  f"{tasks[entry['id']].file_name}")
             continue
         w, h = entry.get("width"), entry.get("height")
-        tasks[entry["id"]] = ImageTask(
-            image_id=entry["id"], file_name=name, path=str(images_dir / name),
-            json_width=int(w) if _number(w) else None, json_height=int(h) if _number(h) else None)
+        if any(v is not None and not (_int_id(v) and v > 0) for v in (w, h)):
+            report.image_skipped(name, "malformed_image_entry", f"'width' {w!r} and 'height' "
+                                 f"{h!r} must be positive integers")
+            continue
+        tasks[entry["id"]] = ImageTask(image_id=entry["id"], file_name=name, path=str(path),
+                                       json_width=w, json_height=h)
     for j, ann in enumerate(anns):
         label = f"annotation {ann.get('id', f'[{j}]')}" if isinstance(ann, dict) else \
             f"annotations[{j}]"
@@ -121,9 +129,15 @@ def plan(coco: dict, images_dir: Path, report: ConversionReport) -> list[ImageTa
                                       f"image id {ann['image_id']} is not in 'images'")
             continue
         label = f"{label} of {task.file_name}"
-        if ann.get("category_id") not in categories:
+        crowd = ann.get("iscrowd", 0)
+        if not _int_id(ann.get("category_id")) or not _int_id(crowd) or crowd not in (0, 1):
+            report.annotation_dropped(label, "malformed_annotation", "needs an integer "
+                                      f"'category_id' (got {ann.get('category_id')!r}) and "
+                                      f"'iscrowd' 0 or 1 (got {crowd!r})")
+            continue
+        if ann["category_id"] not in categories:
             report.annotation_dropped(label, "unknown_category_id",
-                                      f"category id {ann.get('category_id')!r}")
+                                      f"category id {ann['category_id']!r}")
             continue
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_number(v) for v in bbox):
@@ -136,7 +150,7 @@ def plan(coco: dict, images_dir: Path, report: ConversionReport) -> list[ImageTa
         task.annotations.append({
             "label": label, "category_id": ann["category_id"], "bbox": [float(v) for v in bbox],
             "area": float(area) if _number(area) and area > 0 else float(bbox[2] * bbox[3]),
-            "iscrowd": bool(ann.get("iscrowd", 0))})
+            "iscrowd": crowd == 1})
     return sorted(tasks.values(), key=lambda t: t.image_id)
 
 

@@ -47,6 +47,7 @@ def list_files(file_pattern) -> list[str]:
     Nothing is downloaded here: each rank fetches only its own files (`local_copy`).
     """
     from efficientdet import storage
+    from efficientdet.data.shards import require_complete
 
     files: list[str] = []
     for pattern in _split_patterns(file_pattern):
@@ -55,6 +56,8 @@ def list_files(file_pattern) -> list[str]:
                 files.extend(storage.list_files(pattern))
             else:
                 found = storage.list_files(pattern)
+                if pattern not in found:  # a dataset prefix, not one object
+                    require_complete(pattern)
                 files.extend(
                     u
                     for u in found
@@ -63,6 +66,7 @@ def list_files(file_pattern) -> list[str]:
             continue
         pattern = os.path.expanduser(pattern)
         if os.path.isdir(pattern):
+            require_complete(pattern)
             pattern = os.path.join(pattern, "*.tfrecord")
         files.extend(p for p in glob.glob(pattern) if os.path.isfile(p))
     files = sorted(set(files))

@@ -15,9 +15,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from efficientdet import validation
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -121,6 +124,47 @@ def _load_json(obj, what: str):
     return copy.deepcopy(obj)
 
 
+class _Item(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _Detection(_Item):
+    image_id: int
+    category_id: int
+    bbox: validation.Box
+    score: validation.Number
+
+
+class _GtImage(_Item):
+    id: int
+
+
+class _GtCategory(_Item):
+    id: int
+    name: str
+
+
+class _GtAnnotation(_Item):
+    id: int
+    image_id: int
+    category_id: int
+    bbox: validation.Box
+    area: validation.NonNegativeNumber
+    iscrowd: Literal[0, 1]
+
+
+class _GroundTruth(_Item):
+    images: list[_GtImage]
+    annotations: list[_GtAnnotation]
+    categories: list[_GtCategory] = []
+
+
+def _check_ground_truth(gt: Any) -> dict:
+    validation.check(gt, _GroundTruth, "annotations")
+    gt.setdefault("categories", [])
+    return gt
+
+
 def _check_detections(dets: Any, gt_image_ids: set[int], gt_cat_ids: set[int]) -> list[dict]:
     if isinstance(dets, dict) and "annotations" in dets:
         dets = dets["annotations"]
@@ -128,10 +172,8 @@ def _check_detections(dets: Any, gt_image_ids: set[int], gt_cat_ids: set[int]) -
         raise ValueError(  # noqa: TRY004 - bad file content, reported as a usage error
             "detections must be a list of {image_id, category_id, bbox, score} "
             "(the COCO results format)")
+    validation.check(dets, list[_Detection], "detections")
     for i, d in enumerate(dets):
-        missing = {"image_id", "category_id", "bbox", "score"} - set(d)
-        if missing:
-            raise ValueError(f"detections[{i}] lacks {', '.join(sorted(missing))}")
         if d["image_id"] not in gt_image_ids:
             raise ValueError(f"detections[{i}]: image_id {d['image_id']} is not in the "
                              f"ground truth")
@@ -147,11 +189,7 @@ def evaluate_coco(ground_truth, detections, *, max_detections: int = 100) -> Coc
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    gt_dict = _load_json(ground_truth, "annotations")
-    if not isinstance(gt_dict, dict) or "images" not in gt_dict or "annotations" not in gt_dict:
-        raise ValueError("annotations must be a COCO instances dict with images, annotations "
-                         "and categories")
-    gt_dict.setdefault("categories", [])
+    gt_dict = _check_ground_truth(_load_json(ground_truth, "annotations"))
     dets = _check_detections(_load_json(detections, "detections"),
                              {im["id"] for im in gt_dict["images"]},
                              {c["id"] for c in gt_dict["categories"]})

@@ -6,57 +6,79 @@ ONNX) in batches; detections come back in original pixels with the dataset's cat
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from efficientdet.data.shards import PARTIAL_SUFFIX
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 TFRECORD_MARKERS = (".tfrecord", ".record")
 
 
 def _is_tfrecord(path: Path) -> bool:
-    return any(m in path.name for m in TFRECORD_MARKERS)
+    """A TFRecord file, not the ``*.partial`` of a conversion in progress."""
+    return (any(m in path.name for m in TFRECORD_MARKERS)
+            and not path.name.endswith(PARTIAL_SUFFIX))
 
 
-def iter_inputs(paths: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, uint8 [H, W, 3]) for every image file, image in a directory, or TFRecord entry."""
-    from PIL import Image, ImageOps
-
+def iter_inputs(paths: list[str]) -> Iterator[tuple[str, np.ndarray | str]]:
+    """(name, uint8 [H, W, 3]) for every image file, image in a directory, or TFRecord entry;
+    (name, reason) for an input that cannot be read, so one bad file stops nothing."""
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise FileNotFoundError(f"{raw}: no such file or directory")
-        if path.is_dir():
+            yield raw, "no such file or directory"
+        elif path.is_dir():
             files = sorted(p for p in path.rglob("*")
                            if p.suffix.lower() in IMAGE_EXTENSIONS or _is_tfrecord(p))
             if not files:
-                raise FileNotFoundError(f"{raw}: no images ({', '.join(IMAGE_EXTENSIONS)}) "
-                                        f"or TFRecords in this directory")
+                yield raw, (f"no images ({', '.join(IMAGE_EXTENSIONS)}) or TFRecords in this "
+                            "directory")
             yield from iter_inputs([str(p) for p in files])
         elif _is_tfrecord(path):
             yield from _iter_tfrecord(path)
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
-            try:
-                with Image.open(path) as im:
-                    yield str(path), np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-            except OSError as exc:
-                raise ValueError(f"{raw}: not a readable image ({exc})") from None
+            yield str(path), _read_image(path)
         else:
-            raise ValueError(f"{raw}: not an image ({', '.join(IMAGE_EXTENSIONS)}), a "
-                             f"directory or a TFRecord file")
+            yield raw, (f"not an image ({', '.join(IMAGE_EXTENSIONS)}), a directory or a "
+                        "TFRecord file")
 
 
-def _iter_tfrecord(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+def _read_image(path: Path) -> np.ndarray | str:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return f"not a readable image ({exc})"
+
+
+def _iter_tfrecord(path: Path) -> Iterator[tuple[str, np.ndarray | str]]:
     import tensorflow as tf
 
     features = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
                 "image/filename": tf.io.FixedLenFeature([], tf.string, default_value="")}
-    for i, record in enumerate(tf.data.TFRecordDataset(str(path))):
-        ex = tf.io.parse_single_example(record, features)
-        image = tf.io.decode_image(ex["image/encoded"], channels=3, expand_animations=False)
-        name = ex["image/filename"].numpy().decode() or f"record-{i:06d}"
+    records = iter(tf.data.TFRecordDataset(str(path)))
+    for i in itertools.count():
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except tf.errors.OpError as exc:
+            yield f"{path}#record-{i:06d}", f"unreadable from here on ({exc.message})"
+            return
+        try:
+            ex = tf.io.parse_single_example(record, features)
+            name = ex["image/filename"].numpy().decode("utf-8", "replace") or f"record-{i:06d}"
+            image = tf.io.decode_image(ex["image/encoded"], channels=3, expand_animations=False)
+        except tf.errors.OpError as exc:
+            yield f"{path}#record-{i:06d}", f"not a readable image record ({exc.message})"
+            continue
         yield f"{path}#{name}", image.numpy()
 
 
@@ -69,9 +91,10 @@ def predict(model_uri: str, paths: list[str], *, output_dir: str | None = None,
             batch_size: int = 8, score_threshold: float = 0.3, top_k: int = 5,
             draw: bool = True, nms: str = "soft") -> list[dict]:
     """Run a model over inputs; returns one entry per image and, with output_dir, writes
-    predictions.json and (draw=True) images/*.jpg with boxes or top-k labels."""
+    predictions.json and (draw=True) images/*.jpg with boxes or top-k labels. An input that
+    cannot be read gets an entry ``{"image": name, "error": reason}`` and the rest go on."""
     from efficientdet.inference.draw import draw_classification, draw_detections
-    from efficientdet.inference.runners import batched, load_runner
+    from efficientdet.inference.runners import load_runner
 
     runner = load_runner(model_uri, nms=nms)
     out_dir = Path(output_dir) if output_dir else None
@@ -79,11 +102,11 @@ def predict(model_uri: str, paths: list[str], *, output_dir: str | None = None,
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
     names = runner.label_map
     results: list[dict] = []
-    for batch in batched(iter_inputs(paths), batch_size):
-        outs = runner.predict([img for _, img in batch], batch_size=batch_size)
-        for (name, img), out in zip(batch, outs):
-            index = len(results)
-            entry: dict = {"image": name, "height": int(img.shape[0]), "width": int(img.shape[1])}
+
+    def run(batch: list[tuple[int, str, np.ndarray]]) -> None:
+        outs = runner.predict([img for _, _, img in batch], batch_size=batch_size)
+        for (index, name, img), out in zip(batch, outs):
+            entry = results[index]
             if runner.task == "detection":
                 keep = out["scores"] >= score_threshold
                 entry["detections"] = [
@@ -103,12 +126,26 @@ def predict(model_uri: str, paths: list[str], *, output_dir: str | None = None,
                 target = out_dir / "images" / _safe_name(name, index)
                 picture.save(target, quality=90)
                 entry["drawn"] = str(target)
-            results.append(entry)
+
+    pending: list[tuple[int, str, np.ndarray]] = []
+    for name, item in iter_inputs(paths):
+        if isinstance(item, str):
+            results.append({"image": name, "error": item})
+            continue
+        results.append({"image": name, "height": int(item.shape[0]),
+                        "width": int(item.shape[1])})
+        pending.append((len(results) - 1, name, item))
+        if len(pending) == batch_size:
+            run(pending)
+            pending = []
+    if pending:
+        run(pending)
     if not results:
         raise ValueError(f"no images found in {', '.join(paths)}")
     if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "predictions.json").write_text(json.dumps(
+        from efficientdet import storage
+
+        storage.write_text(out_dir / "predictions.json", json.dumps(
             {"model": str(model_uri), "task": runner.task, "box_format":
              "ymin, xmin, ymax, xmax in original pixels", "predictions": results}, indent=2))
     return results

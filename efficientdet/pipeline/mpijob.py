@@ -10,11 +10,12 @@ instead of starting a second one. Credentials only ever come from Kubernetes Sec
 from __future__ import annotations
 
 import hashlib
-import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from efficientdet import validation as v
 
 GROUP = "kubeflow.org"
 VERSION = "v2beta1"
@@ -26,7 +27,6 @@ RUN_KEY_LABEL = "efficientdet.io/run-key"
 ISTIO_ANNOTATION = {"sidecar.istio.io/inject": "false"}
 TERMINAL = ("Succeeded", "Failed")
 CLEANUP_POLICIES = ("delete", "keep", "delete-on-success")
-_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class MPIJobError(RuntimeError):
@@ -95,12 +95,31 @@ class MPIJobSpec:
         return self.workers * self.slots_per_worker
 
     def validate(self) -> None:
-        if not _DNS1123.match(self.name) or len(self.name) > 63:
-            raise ValueError(f"MPIJob name {self.name!r} is not a DNS-1123 label of <= 63 chars")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.gpus_per_worker < 0:
-            raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        """Every field by the API server's rules, so an invalid job is refused here, naming
+        the field, rather than printed or sent."""
+        rules = [
+            ("MPIJob name", self.name, v.DNSLabel), ("namespace", self.namespace, v.DNSLabel),
+            ("workers", self.workers, v.PositiveInt),
+            ("gpus_per_worker", self.gpus_per_worker, v.NonNegativeInt),
+            ("cpu", self.cpu, v.Quantity), ("memory", self.memory, v.Quantity),
+            ("launcher_cpu", self.launcher_cpu, v.Quantity),
+            ("launcher_memory", self.launcher_memory, v.Quantity),
+            ("shm_size", self.shm_size, v.Quantity),
+            ("service_account", self.service_account, v.DNSSubdomain | None),
+            ("run_as_user", self.run_as_user, v.NonNegativeInt | None),
+            ("ttl_seconds_after_finished", self.ttl_seconds_after_finished,
+             v.NonNegativeInt | None),
+            ("active_deadline_seconds", self.active_deadline_seconds, v.PositiveInt | None),
+            ("backoff_limit", self.backoff_limit, v.NonNegativeInt),
+            ("env", list(self.env), list[v.EnvName]),
+            ("secret env", [s.env for s in self.secret_env], list[v.EnvName]),
+            ("secret name", [s.secret for s in self.secret_env], list[v.DNSSubdomain]),
+            ("secret key", [s.key for s in self.secret_env], list[v.ConfigKey]),
+            ("node selector", self.node_selector, dict[v.LabelKey, v.LabelValue]),
+            ("labels", self.labels, dict[v.LabelKey, v.LabelValue]),
+        ]
+        for what, value, rule in rules:
+            v.check(value, rule, what)
         if not self.image:
             raise ValueError("image is empty")
         if not self.command:

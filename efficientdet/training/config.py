@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from efficientdet import validation as v
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -89,6 +91,31 @@ SCHEMA: dict[str, Any] = {
 }
 
 TASKS = ("detection", "classification")
+
+# Value rules per key, checked after the types of SCHEMA (a key without a rule takes any value
+# of its type). Numbers are finite; a learning rate of -0.1 or 0 epochs is refused up front.
+RULES: dict[str, Any] = {
+    "num_classes": v.PositiveInt | None,
+    "image_size": v.PositiveInt | None,
+    "data.num_examples": v.PositiveInt | None,
+    "data.batch_size": v.PositiveInt,
+    "train.steps": v.PositiveInt | None,
+    "train.epochs": v.PositiveNumber,
+    "train.log_every": v.PositiveInt,
+    "train.throughput_warmup_steps": v.NonNegativeInt,
+    "optimizer.lr": v.PositiveNumber,
+    "optimizer.reference_batch": v.PositiveInt,
+    "optimizer.momentum": v.Fraction,
+    "optimizer.warmup_epochs": v.NonNegativeNumber,
+    "optimizer.warmup_steps": v.NonNegativeInt | None,
+    "optimizer.warmup_start_factor": v.Probability,
+    "optimizer.weight_decay": v.NonNegativeNumber,
+    "optimizer.clip_norm": v.NonNegativeNumber | None,
+    "optimizer.label_smoothing": v.Fraction,
+    "optimizer.ema_decay": v.Fraction,
+    "checkpoint.every_steps": v.PositiveInt,
+    "checkpoint.keep": v.PositiveInt,
+}
 
 
 class ConfigError(ValueError):
@@ -187,20 +214,12 @@ def _names(types: tuple) -> str:
 def _check_values(config: dict) -> None:
     if config["task"] not in TASKS:
         raise ConfigError(f"config key 'task' must be one of {TASKS}, got {config['task']!r}")
-    positive = [("data.batch_size", config["data"]["batch_size"]),
-                ("train.log_every", config["train"]["log_every"]),
-                ("checkpoint.every_steps", config["checkpoint"]["every_steps"]),
-                ("checkpoint.keep", config["checkpoint"]["keep"]),
-                ("optimizer.reference_batch", config["optimizer"]["reference_batch"])]
-    for name, value in positive:
-        if value <= 0:
-            raise ConfigError(f"config key {name!r} must be > 0, got {value}")
-    if config["train"]["steps"] is not None and config["train"]["steps"] <= 0:
-        raise ConfigError(f"config key 'train.steps' must be > 0, got {config['train']['steps']}")
-    if not 0.0 <= config["optimizer"]["ema_decay"] < 1.0:
-        raise ConfigError("config key 'optimizer.ema_decay' must be in [0, 1)")
-    if not 0.0 <= config["optimizer"]["label_smoothing"] < 1.0:
-        raise ConfigError("config key 'optimizer.label_smoothing' must be in [0, 1)")
+    flat = flatten(config)
+    for name, rule in RULES.items():
+        try:
+            v.check(flat[name], rule, f"config key {name!r}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if config["data"]["train"] is None:
         raise ConfigError("config key 'data.train' is required (a converted dataset directory)")
 

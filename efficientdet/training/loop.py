@@ -212,7 +212,9 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
         parts["ema"] = ema
     checkpoint = tf.train.Checkpoint(**parts)
     store = CheckpointStore(checkpoint, ckpt_uri, keep=config["checkpoint"]["keep"],
-                            cache_dir=config["data"]["cache_dir"])
+                            cache_dir=config["data"]["cache_dir"],
+                            meta={k: config.get(k) for k in ("model", "num_classes",
+                                                             "image_size", "model_overrides")})
 
     state_vars = list(model.variables) + list(optimizer.variables) + [step_var]
     if ema is not None:

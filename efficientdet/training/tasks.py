@@ -6,6 +6,7 @@ The loop in ``training.loop`` is task-agnostic; it asks a task for these pieces.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -26,14 +27,20 @@ def dataset_dir(pattern: str) -> str:
 
 
 def read_label_map(pattern: str) -> dict | None:
-    """The dataset's ``label_map.json`` or None when there is none."""
+    """The dataset's ``label_map.json`` or None when there is none; a label map that cannot
+    be read or parsed is an error naming it (not "missing": storage may just be down)."""
     uri = storage.join(dataset_dir(pattern), LABEL_MAP)
     try:
         if not storage.exists(uri):
             return None
-        return json.loads(storage.read_text(uri))
-    except (OSError, ValueError, storage.StorageError):
+        label_map = json.loads(storage.read_text(uri))
+    except FileNotFoundError:
         return None
+    except ValueError as exc:
+        raise ConfigError(f"{uri}: not a valid label map ({exc})") from None
+    if not isinstance(label_map, dict) or not isinstance(label_map.get("classes", []), list):
+        raise ConfigError(f"{uri}: not a label map (expected {{\"classes\": [...]}})")
+    return label_map
 
 
 def num_classes_from_label_map(task: str, label_map: dict, where: str) -> int:
@@ -41,8 +48,25 @@ def num_classes_from_label_map(task: str, label_map: dict, where: str) -> int:
     if not classes:
         raise ConfigError(f"{where}: label_map.json lists no classes")
     if task == "detection":
-        return max(int(c["id"]) for c in classes)  # class index = category_id - 1
+        ids = [c.get("id") if isinstance(c, dict) else None for c in classes]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in ids):
+            raise ConfigError(f"{where}: label_map.json class ids must be integers >= 1")
+        return max(ids)  # class index = category_id - 1
     return len(classes)
+
+
+def check_overrides(name: str, overrides: dict) -> None:
+    """`model_overrides` keys must be keyword arguments of `models.build_model`."""
+    import inspect
+
+    from efficientdet.models import build_model
+
+    params = inspect.signature(build_model).parameters
+    known = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"config key 'model_overrides.{key}': not an option of {name} "
+                              f"(known: {', '.join(known)})")
 
 
 @dataclass
@@ -57,11 +81,15 @@ class Task:
             cfg = get_config(config["model"])
         except ValueError as exc:
             raise ConfigError(f"config key 'model': {exc}") from exc
+        check_overrides(config["model"], config.get("model_overrides") or {})
         is_detector = isinstance(cfg, EfficientDetConfig)
         if is_detector != (self.name == "detection"):
             kind = "an EfficientDet" if self.name == "detection" else "an EfficientNet"
             raise ConfigError(f"task {self.name!r} needs {kind} model, got {config['model']!r}")
         out = dict(config)
+        train = dataset_dir(config["data"]["train"])
+        if not storage.is_remote(train) and not os.path.isdir(train):
+            raise ConfigError(f"config key 'data.train': {train}: no such dataset directory")
         label_map = read_label_map(config["data"]["train"])
         if out["num_classes"] is None:
             if label_map is None:
@@ -72,6 +100,9 @@ class Task:
         out["label_map"] = label_map
         if out["image_size"] is None:
             out["image_size"] = int(cfg.image_size)
+        elif is_detector and out["image_size"] % 2 ** cfg.max_level:
+            raise ConfigError(f"config key 'image_size': {out['image_size']} is not a multiple "
+                              f"of {2 ** cfg.max_level} (the stride of level P{cfg.max_level})")
         return out
 
     def build_model(self, config: dict):
