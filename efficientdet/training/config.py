@@ -35,6 +35,12 @@ SCHEMA: dict[str, Any] = {
         "deterministic": (False, (bool,)),  # fixed input order and augmentation (tests)
         "randaugment": (None, (dict, list, type(None))),  # classification: {num_layers, magnitude}
     },
+    "init": {  # pretrained weights (see training.initialization)
+        "backbone": (None, (str, type(None))),  # keras.applications .h5, automl ckpt, artifact
+        "model": (None, (str, type(None))),  # a whole model artifact (e.g. imported automl D0)
+        "freeze": (None, (str, type(None))),  # regex over "layer/variable" names held fixed
+        "freeze_steps": (None, (int, type(None))),  # None: the whole run
+    },
     "train": {
         "steps": (None, (int, type(None))),  # total steps; None: epochs * steps_per_epoch
         "epochs": (1.0, (int, float)),
@@ -185,6 +191,9 @@ def _check_values(config: dict) -> None:
         raise ConfigError("config key 'optimizer.ema_decay' must be in [0, 1)")
     if not 0.0 <= config["optimizer"]["label_smoothing"] < 1.0:
         raise ConfigError("config key 'optimizer.label_smoothing' must be in [0, 1)")
+    steps = config["init"]["freeze_steps"]
+    if steps is not None and steps < 0:
+        raise ConfigError(f"config key 'init.freeze_steps' must be >= 0, got {steps}")
     if config["data"]["train"] is None:
         raise ConfigError("config key 'data.train' is required (a converted dataset directory)")
 
