@@ -95,15 +95,14 @@ def _hard_nms(boxes, scores, classes, num_classes, max_detections, iou_threshold
     return nms_boxes, nms_scores, tf.cast(nms_classes, tf.int32), tf.cast(valid, tf.int32)
 
 
-def _soft_nms(boxes, scores, classes, max_detections, score_threshold, soft_nms_sigma,
-              iou_threshold=1.0):
+def _soft_nms(boxes, scores, classes, max_detections, score_threshold, soft_nms_sigma):
     def one_image(args):
         image_boxes, image_scores, image_classes = args
         keep, kept_scores = tf.image.non_max_suppression_with_scores(
             image_boxes,
             image_scores,
             max_output_size=max_detections,
-            iou_threshold=iou_threshold,  # 1.0: pure Gaussian decay, no hard suppression
+            iou_threshold=1.0,  # pure Gaussian decay (TF ignores it when sigma > 0 anyway)
             score_threshold=score_threshold,
             soft_nms_sigma=soft_nms_sigma,  # exp(-u^2 / (2 sigma)), as google/automl
         )
@@ -137,7 +136,6 @@ def postprocess(
     iou_threshold: float = 0.5,
     score_threshold: float = 0.001,
     soft_nms_sigma: float = 0.5,
-    soft_nms_iou_threshold: float = 1.0,
     candidates: str = "topk",
     clip_before_nms: bool = True,
     image_scales=None,
@@ -149,8 +147,7 @@ def postprocess(
       cls_flat: [B, N, K] class logits in anchor order; box_flat: [B, N, 4] box codes.
       anchors: ``Anchors`` (boxes are then clipped to its input image) or [N, 4] boxes.
       method: "hard" (per-class NMS at ``iou_threshold``) or "soft" (class-agnostic Gaussian
-        soft-NMS with ``soft_nms_sigma``; candidates overlapping a kept box by at least
-        ``soft_nms_iou_threshold`` are dropped outright, as TF does for automl's 0.5).
+        soft-NMS with ``soft_nms_sigma``).
       candidates: "topk" (best (anchor, class) pairs) or "anchor_max" (best class per anchor).
       clip_before_nms: clip boxes to the input image before NMS (else after, as automl).
       image_scales: optional [B] (or [B, 2] as y, x) input-pixels-per-original-pixel; boxes are
@@ -194,8 +191,7 @@ def postprocess(
         )
     else:
         boxes, scores, classes, num = _soft_nms(
-            boxes, scores, classes, max_detections, score_threshold, soft_nms_sigma,
-            soft_nms_iou_threshold,
+            boxes, scores, classes, max_detections, score_threshold, soft_nms_sigma
         )
     if clip and not clip_before_nms:
         boxes = _clip(boxes, *(float(v) for v in anchors.image_size))

@@ -29,11 +29,11 @@ _BOOKKEEPING = re.compile(r"(^|/)global_step$|/(Momentum|RMSProp|RMSProp_1|Adam|
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 # automl's default inference post-processing ('global', nms_configs method gaussian): each
 # anchor's best class over all anchors, class-agnostic soft-NMS with TF soft_nms_sigma = automl
-# sigma 0.5 / 2 and TF's hard cut at IoU 0.5, score_thresh 0 -> its 0.001 fallback, boxes
-# clipped after NMS, 100 detections.
+# sigma 0.5 / 2 (its iou_thresh 0.5 is ignored by TF once sigma > 0), score_thresh 0 -> its
+# 0.001 fallback, boxes clipped after NMS, 100 detections.
 AUTOML_POSTPROCESS = {"nms": "soft", "candidates": "anchor_max", "pre_nms_topk": 0,
-                      "soft_nms_sigma": 0.25, "soft_nms_iou_threshold": 0.5,
-                      "score_threshold": 0.001, "clip_before_nms": False, "max_detections": 100}
+                      "soft_nms_sigma": 0.25, "score_threshold": 0.001,
+                      "clip_before_nms": False, "max_detections": 100}
 
 
 class AutomlImportError(ValueError):
