@@ -210,3 +210,17 @@ def test_cli_reports_a_bad_source_in_one_line(tmp_path, capsys):
     assert err.startswith("effdet models: error: ")
     assert "lacks model variable efficientnet-b1/stem/conv2d/kernel (and " in err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_prefix_on_s3(from_folder, s3_bucket, tmp_path):
+    """A prefix (not an object, not a folder) on S3: its folder is fetched, the prefix kept."""
+    from efficientdet import storage
+
+    for f in (FIXTURE / "ckpt").iterdir():
+        storage.upload_file(f, f"s3://{s3_bucket}/automl/d0/{f.name}")
+    got = _weights(_import(f"s3://{s3_bucket}/automl/d0/model.ckpt", tmp_path / "model",
+                           "--image-size", "128"))
+    ref = _weights(from_folder)
+    assert got.keys() == ref.keys()
+    assert all(np.array_equal(got[k], ref[k]) for k in ref)

@@ -160,3 +160,53 @@ def test_unknown_layer_is_named():
     model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="mystery")(inputs))
     with pytest.raises(NameMappingError, match="mystery"):
         automl_variable_map(model, get_config("efficientnet-b0"))
+
+
+def write_automl_checkpoint(prefix, model, cfg, seed=0) -> dict:
+    """An automl-style TF1 checkpoint of MODEL's variables under automl names, with
+    ExponentialMovingAverage shadows (raw + 1); returns {automl name: EMA value}."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    values = {}
+    for variable, names in automl_variable_map(model, cfg):
+        shape = tuple(variable.shape)[1:] if len(names) > 1 else tuple(variable.shape)
+        for name in names:
+            values[name] = rng.normal(0, 0.1, shape).astype("float32")
+    tensors = {**values, **{f"{k}/ExponentialMovingAverage": v + 1 for k, v in values.items()},
+               "global_step": np.int64(7)}
+    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=list(tensors),
+                      shape_and_slices=[""] * len(tensors),
+                      tensors=[tf.constant(v) for v in tensors.values()])
+    return {k: v + 1 for k, v in values.items()}
+
+
+@pytest.mark.slow
+def test_efficientnet_checkpoint_imports_as_classifier_and_as_backbone(tmp_path):
+    import numpy as np
+
+    from efficientdet.cli import main
+    from efficientdet.models.artifact import load_artifact
+    from efficientdet.models.automl_import import load_automl_weights
+
+    cfg = get_config("efficientnet-b0")
+    (tmp_path / "efficientnet-b0").mkdir()
+    ema = write_automl_checkpoint(tmp_path / "efficientnet-b0" / "model.ckpt",
+                                  build_model("efficientnet-b0", image_size=64), cfg)
+    assert main(["models", "import", "--from", "automl", "--model", "efficientnet-b0",
+                 "--weights", str(tmp_path / "efficientnet-b0"), "--output",
+                 str(tmp_path / "cls"), "--image-size", "64"]) == 0
+    classifier, meta = load_artifact(str(tmp_path / "cls"))
+    assert meta["task"] == "classification" and meta["num_classes"] == 1000
+    dense = classifier.get_layer("predictions").weights[1]
+    assert np.array_equal(np.asarray(dense), ema["efficientnet-b0/head/dense/bias"])
+
+    detector = build_model("efficientdet-d0", num_classes=4, image_size=128)
+    backbone = detector.get_layer("backbone")
+    report = load_automl_weights(backbone, cfg, str(tmp_path / "efficientnet-b0"),
+                                 allow_unused=r"/head/")
+    assert report.variables == len(backbone.weights)
+    assert len(report.unused_allowed) == 2 * 7  # head conv, BN (4), dense (2) + shadows
+    stem = np.asarray(backbone.get_layer("stem_conv").weights[0])
+    assert np.array_equal(stem, ema["efficientnet-b0/stem/conv2d/kernel"])

@@ -190,7 +190,7 @@ def test_anchor_max_candidates_take_each_anchors_best_class_as_automl():
     """automl's default (max_nms_inputs 0): one candidate per anchor, its best class, all
     anchors, then soft-NMS with TF's soft_nms_sigma 0.25 (automl's sigma 0.5 halved)."""
     cls, box = crafted_outputs()
-    boxes, scores, classes, num = postprocess(
+    _, scores, classes, num = postprocess(
         cls, box, BOXES, method="soft", candidates="anchor_max", pre_nms_topk=0,
         soft_nms_sigma=0.25, max_detections=5)
     assert int(num[0]) == 3  # B1's class-1 pair is no candidate: its class 0 scores higher

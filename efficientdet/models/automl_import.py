@@ -106,7 +106,7 @@ def _checkpoint_prefix(directory: Path, where: str) -> str:
     for folder in candidates:
         state = folder / "checkpoint"
         if state.is_file():
-            m = re.search(r'^model_checkpoint_path:\s*"(.+)"', state.read_text(), re.M)
+            m = re.search(r'^model_checkpoint_path:\s*"(.+)"', state.read_text(), re.MULTILINE)
             if m:
                 prefix = Path(m.group(1))
                 prefix = prefix if prefix.is_absolute() else folder / prefix
@@ -227,7 +227,7 @@ def import_weights(model, cfg, source: _Source, *, use_ema: bool = True,
     for name in sorted(shapes):
         if name in used or _BOOKKEEPING.search(name):
             continue
-        base = name[:-len(EMA_SUFFIX)] if name.endswith(EMA_SUFFIX) else name
+        base = name.removesuffix(EMA_SUFFIX)
         if (allowed and allowed.search(base)) or (unused_ok and unused_ok.search(base)):
             report.unused_allowed.append(name)
         else:

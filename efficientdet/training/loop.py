@@ -168,14 +168,13 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
     import tensorflow as tf
 
     from efficientdet.detection.regularization import l2_loss
+    from efficientdet.training import initialization
     from efficientdet.training.checkpoints import CheckpointStore
     from efficientdet.training.dllogger import DLLogger
     from efficientdet.training.ema import ExponentialMovingAverage
     from efficientdet.training.schedules import WarmupCosine
     from efficientdet.training.tasks import get_task
     from efficientdet.training.throughput import ThroughputMeter
-
-    from efficientdet.training import initialization
 
     chief = ctx.is_chief
     initialization.check_init(config)  # a missing pretrained file stops here, not after setup
