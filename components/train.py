@@ -12,12 +12,14 @@ def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Da
           workers: int, gpus_per_worker: int, amp: bool, xla: bool, launcher: str,
           train_image: str, worker_cpu: str, worker_memory: str, node_selector: str,
           s3_secret: str, mlflow_secret: str, cleanup: str, deadline_seconds: int,
-          work_uri: str, kfp_run_id: str, kfp_task: str, model: Output[Model],
+          work_uri: str, init_from: str, kfp_run_id: str, kfp_task: str, model: Output[Model],
           metrics: Output[Metrics], summary: Output[Markdown]):
     """Ranks = workers x max(1, gpus_per_worker). For training settings 0 / "" keep the
-    recipe's value; workers=0, gpus_per_worker=-1 and "" resources take the cluster's defaults."""
+    recipe's value; workers=0, gpus_per_worker=-1 and "" resources take the cluster's defaults.
+    init_from: a backbone or whole-model URI (artifact, models:/NAME@ALIAS, checkpoint)."""
     from efficientdet.pipeline import runs
     from efficientdet.pipeline import steps as st
+    from efficientdet.training.initialization import init_overrides
 
     train_uri = train_data.metadata.get("uri") or train_data.path
     val_uri = val_data.metadata.get("uri") or val_data.path
@@ -25,7 +27,8 @@ def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Da
         out = st.output_dir(work_uri, kfp_run_id, kfp_task, model.path)
         args = st.train_args(recipe=recipe, train_data=train_uri, val_data=val_uri, output=out,
                              model=model_name, image_size=image_size, steps=steps, epochs=epochs,
-                             batch_size=batch_size, amp=amp, xla=xla, extra=[f"task={task}"])
+                             batch_size=batch_size, amp=amp, xla=xla,
+                             init=init_overrides(init_from, task), extra=[f"task={task}"])
         backend = st.make_backend(launcher, workers=workers, gpus_per_worker=gpus_per_worker,
                                   image=train_image, run_id=kfp_run_id, task=kfp_task,
                                   cpu=worker_cpu, memory=worker_memory, node_selector=node_selector,

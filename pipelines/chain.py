@@ -43,6 +43,7 @@ SHARED_PARAMS: tuple[tuple[str, type, object], ...] = (
     ("threshold", float, None),
     ("alias", str, "champion"),
     ("work_uri", str, ""),
+    ("init_from", str, ""),  # pretrained backbone or whole model: URI, models:/NAME@ALIAS
 )
 
 
@@ -95,7 +96,8 @@ def train_to_register(options: ClusterOptions, *, task: str, train_ds, val_ds, p
         train_image=p["train_image"], worker_cpu=p["worker_cpu"], worker_memory=p["worker_memory"],
         node_selector=p["node_selector"], s3_secret=options.s3_secret or "",
         mlflow_secret=options.mlflow_secret or "", cleanup=p["mpijob_cleanup"],
-        deadline_seconds=p["deadline_seconds"], work_uri=p["work_uri"], **identity()),
+        deadline_seconds=p["deadline_seconds"], work_uri=p["work_uri"],
+        init_from=p["init_from"], **identity()),
         options, name="train", cache=False, retries=1, gpu=True)
     evaluated = configure(evaluate(
         model=trained.outputs["model"], val_data=val_ds, batch_size=p["eval_batch_size"],

@@ -239,3 +239,21 @@ def _assert_same_detections(detections, reference):
         np.arange(100)[None] < ref_num[:, None]))
     np.testing.assert_allclose(scores.numpy(), ref_scores, rtol=0, atol=1e-6)
     np.testing.assert_allclose(boxes.numpy(), ref_boxes, rtol=0, atol=1e-4)
+
+
+def test_anchor_max_candidates_take_each_anchors_best_class_as_automl():
+    """automl's default (max_nms_inputs 0): one candidate per anchor, its best class, all
+    anchors, then soft-NMS with TF's soft_nms_sigma 0.25 (automl's sigma 0.5 halved)."""
+    cls, box = crafted_outputs()
+    _, scores, classes, num = postprocess(
+        cls, box, BOXES, method="soft", candidates="anchor_max", pre_nms_topk=0,
+        soft_nms_sigma=0.25, max_detections=5)
+    assert int(num[0]) == 3  # B1's class-1 pair is no candidate: its class 0 scores higher
+    np.testing.assert_allclose(scores[0, :3], [0.9, 0.6, 0.8 * math.exp(-IOU01**2 / 0.5)],
+                               rtol=1e-4)
+    assert classes[0, :3].numpy().tolist() == [0, 1, 0]
+    _, top_scores, _, _ = postprocess(cls, box, BOXES, method="soft", candidates="anchor_max",
+                                      pre_nms_topk=1, soft_nms_sigma=0.25, max_detections=5)
+    np.testing.assert_allclose(top_scores[0], [0.9, 0, 0, 0, 0], rtol=1e-5)
+    with pytest.raises(ValueError, match="candidates"):
+        postprocess(cls, box, BOXES, candidates="best")

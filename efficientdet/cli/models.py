@@ -1,4 +1,4 @@
-"""`effdet models`: list model variants and describe one (parameters, GMACs, anchors)."""
+"""`effdet models`: list model variants, describe one, import pretrained weights."""
 
 from __future__ import annotations
 
@@ -21,6 +21,25 @@ def register(sub) -> None:
     d.add_argument("--num-classes", type=int, default=None, help="classes (default 90 / 1000)")
     d.add_argument("--image-size", type=int, default=None, help="square input size (default native)")
     d.set_defaults(handler=run_describe)
+    i = verbs.add_parser(
+        "import", help="turn google/automl pretrained weights into a model artifact",
+        description="Import google/automl weights (TF1 checkpoint folder or prefix, the "
+        "published .tar.gz, or automl's Keras .h5; local or s3://) into a model artifact that "
+        "evaluate/export/predict/benchmark and `train --init-model` take. Every variable is "
+        "mapped by rule and shape-checked; anything missing or left over is an error.")
+    i.add_argument("--from", dest="source_format", required=True, choices=("automl",),
+                   help="where the weights come from")
+    i.add_argument("--model", required=True, metavar="NAME",
+                   help="efficientdet-d0..d7x, or efficientnet-b0..b7 (ImageNet classifier)")
+    i.add_argument("--weights", required=True, metavar="PATH",
+                   help="checkpoint folder/prefix, .tar.gz or .h5 (local or s3://)")
+    i.add_argument("--output", required=True, metavar="DIR", help="artifact directory or s3://")
+    i.add_argument("--no-ema", dest="use_ema", action="store_false",
+                   help="take the raw variables, not their ExponentialMovingAverage shadows")
+    i.add_argument("--allow-missing", metavar="REGEX", default=None,
+                   help="automl variable names (regex search) that may be missing or unused")
+    i.add_argument("--image-size", type=int, default=None, help="input size (default native)")
+    i.set_defaults(handler=run_import)
     p.set_defaults(handler=run_list, json=False)
 
 
@@ -78,4 +97,19 @@ def run_describe(args) -> int:
     else:
         taps = ", ".join(f"C{lvl['level']} {lvl['size']}x{lvl['size']}" for lvl in info["levels"])
         print(f"  feature taps      {taps}")
+    return 0
+
+
+def run_import(args) -> int:
+    from efficientdet.cli import UsageError
+    from efficientdet.models.automl_import import import_automl
+
+    try:
+        result = import_automl(args.model, args.weights, args.output, use_ema=args.use_ema,
+                               allow_missing=args.allow_missing, image_size=args.image_size)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    print(f"imported {result['summary']}")
+    print(f"wrote {args.output} ({result['model']}, {result['num_classes']} classes, "
+          f"{result['image_size']} px)")
     return 0

@@ -16,6 +16,12 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted, YAML value), e.g. --set train.steps=100")
     p.add_argument("--output", help="shortcut for --set output=URI (local path or s3://)")
+    p.add_argument("--init-model", metavar="URI",
+                   help="shortcut for --set init.model=URI: start from a whole model artifact "
+                   "(e.g. `effdet models import` output, models:/NAME@ALIAS)")
+    p.add_argument("--init-backbone", metavar="URI",
+                   help="shortcut for --set init.backbone=URI: ImageNet backbone (automl "
+                   "EfficientNet checkpoint, keras.applications .h5, classifier artifact)")
     p.add_argument("--amp", action="store_true", default=None,
                    help="mixed precision (float16 + loss scaling on GPU, bfloat16 on CPU)")
     p.add_argument("--xla", action="store_true", default=None, help="XLA-compile the step")
@@ -35,6 +41,10 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.output:
         overrides.append(f"output={args.output}")
+    if args.init_model:
+        overrides += [f"init.model={args.init_model}", "init.backbone=null"]
+    if args.init_backbone:
+        overrides.append(f"init.backbone={args.init_backbone}")
     if args.amp:
         overrides.append("precision.amp=true")
     if args.xla:

@@ -12,10 +12,12 @@ Two methods:
   has its score multiplied by exp(-u**2 / (2 sigma)), TF's definition of ``soft_nms_sigma``, which
   google/automl uses unchanged (sigma 0.5 -> exp(-u**2)); keeping its semantics keeps its AP.
 
-Candidates are the ``pre_nms_topk`` highest (anchor, class) scores of each image. Decoded boxes
-are clipped to the input image, then optionally divided by ``image_scales`` (input pixels per
-original pixel) and clipped to ``image_sizes`` (original height, width). Outputs are padded to
-``max_detections``; entries past ``num_detections`` are zeros.
+Candidates are the ``pre_nms_topk`` highest (anchor, class) scores of each image, or with
+``candidates="anchor_max"`` each anchor's best class (google/automl's default, all anchors when
+``pre_nms_topk`` is 0). Decoded boxes are clipped to the input image (before NMS, or after it
+with ``clip_before_nms=False`` as automl), then optionally divided by ``image_scales`` (input
+pixels per original pixel) and clipped to ``image_sizes`` (original height, width). Outputs are
+padded to ``max_detections``; entries past ``num_detections`` are zeros.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from efficientdet.detection.anchors import Anchors, as_anchor_boxes
 from efficientdet.detection.box_coder import decode_boxes
 
 METHODS = ("hard", "soft", "combined")
+CANDIDATES = ("topk", "anchor_max")
 
 
 def _static_min(k: int, n):
@@ -60,6 +63,22 @@ def _top_candidates(cls_flat, box_flat, anchor_boxes, pre_nms_topk):
     codes = tf.gather(box_flat, anchor_index, batch_dims=1)  # [B, k, 4]
     boxes = decode_boxes(codes, tf.gather(anchor_boxes, anchor_index))
     return boxes, top_scores, classes
+
+
+def _anchor_max_candidates(cls_flat, box_flat, anchor_boxes, pre_nms_topk):
+    """Each anchor's best class (automl's max_nms_inputs=0), optionally only the top anchors."""
+    best = tf.reduce_max(cls_flat, axis=-1)  # [B, N]
+    classes = tf.argmax(cls_flat, axis=-1, output_type=tf.int32)
+    if pre_nms_topk:
+        k = _static_min(pre_nms_topk, best.shape[1] if best.shape[1] is not None
+                        else tf.shape(best)[1])
+        best, index = tf.math.top_k(best, k=k, sorted=True)
+        classes = tf.gather(classes, index, batch_dims=1)
+        codes = tf.gather(box_flat, index, batch_dims=1)
+        anchors = tf.gather(anchor_boxes, index)
+    else:
+        codes, anchors = box_flat, anchor_boxes[None]
+    return decode_boxes(codes, anchors), tf.sigmoid(best), classes
 
 
 def _clip(boxes, height, width):
@@ -139,7 +158,7 @@ def _soft_nms(boxes, scores, classes, max_detections, score_threshold, soft_nms_
             image_boxes,
             image_scores,
             max_output_size=max_detections,
-            iou_threshold=1.0,  # pure Gaussian decay, no hard suppression
+            iou_threshold=1.0,  # pure Gaussian decay (TF ignores it when sigma > 0 anyway)
             score_threshold=score_threshold,
             soft_nms_sigma=soft_nms_sigma,  # exp(-u^2 / (2 sigma)), as google/automl
         )
@@ -161,6 +180,8 @@ def postprocess(
     iou_threshold: float = 0.5,
     score_threshold: float = 0.001,
     soft_nms_sigma: float = 0.5,
+    candidates: str = "topk",
+    clip_before_nms: bool = True,
     image_scales=None,
     image_sizes=None,
 ):
@@ -171,6 +192,8 @@ def postprocess(
       anchors: ``Anchors`` (boxes are then clipped to its input image) or [N, 4] boxes.
       method: "hard" (per-class NMS at ``iou_threshold``), "combined" (the same through
         TensorRT's NMS op) or "soft" (class-agnostic Gaussian soft-NMS with ``soft_nms_sigma``).
+      candidates: "topk" (best (anchor, class) pairs) or "anchor_max" (best class per anchor).
+      clip_before_nms: clip boxes to the input image before NMS (else after, as automl).
       image_scales: optional [B] (or [B, 2] as y, x) input-pixels-per-original-pixel; boxes are
         divided by it to return to the original image.
       image_sizes: optional [B, 2] original (height, width) to clip the rescaled boxes to.
@@ -181,7 +204,9 @@ def postprocess(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if max_detections < 1 or pre_nms_topk < 1:
+    if candidates not in CANDIDATES:
+        raise ValueError(f"candidates must be one of {CANDIDATES}, got {candidates!r}")
+    if max_detections < 1 or pre_nms_topk < (0 if candidates == "anchor_max" else 1):
         raise ValueError(
             f"max_detections and pre_nms_topk must be >= 1, got {max_detections}, "
             f"{pre_nms_topk}"
@@ -195,10 +220,14 @@ def postprocess(
         raise ValueError("cls_flat needs a static number of classes (last dimension)")
     anchor_boxes = as_anchor_boxes(anchors)
 
-    boxes, scores, classes = _top_candidates(cls_flat, box_flat, anchor_boxes, pre_nms_topk)
-    if isinstance(anchors, Anchors):
-        height, width = anchors.image_size
-        boxes = _clip(boxes, float(height), float(width))
+    if candidates == "topk":
+        boxes, scores, classes = _top_candidates(cls_flat, box_flat, anchor_boxes, pre_nms_topk)
+    else:
+        boxes, scores, classes = _anchor_max_candidates(cls_flat, box_flat, anchor_boxes,
+                                                        pre_nms_topk)
+    clip = isinstance(anchors, Anchors)
+    if clip and clip_before_nms:
+        boxes = _clip(boxes, *(float(v) for v in anchors.image_size))
 
     if method == "hard":
         boxes, scores, classes, num = _hard_nms(
@@ -212,6 +241,8 @@ def postprocess(
         boxes, scores, classes, num = _soft_nms(
             boxes, scores, classes, max_detections, score_threshold, soft_nms_sigma
         )
+    if clip and not clip_before_nms:
+        boxes = _clip(boxes, *(float(v) for v in anchors.image_size))
 
     valid = tf.range(max_detections)[None, :] < num[:, None]  # [B, D]
     if image_scales is not None:

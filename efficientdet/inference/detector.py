@@ -60,7 +60,7 @@ class Detector(tf.Module):
     def __init__(self, model, *, image_size, num_classes: int, anchors, nms: str = "hard",
                  max_detections: int = 100, score_threshold: float = 0.001,
                  iou_threshold: float = 0.5, pre_nms_topk: int = 5000,
-                 soft_nms_sigma: float = 0.5, name: str = "detector"):
+                 soft_nms_sigma: float = 0.5, name: str = "detector", **nms_extra):
         super().__init__(name=name)
         from efficientdet.detection.postprocess import METHODS
 
@@ -76,7 +76,8 @@ class Detector(tf.Module):
                             "score_threshold": float(score_threshold),
                             "iou_threshold": float(iou_threshold),
                             "pre_nms_topk": int(pre_nms_topk),
-                            "soft_nms_sigma": float(soft_nms_sigma)}
+                            "soft_nms_sigma": float(soft_nms_sigma),
+                            **nms_extra}  # candidates, clip_before_nms, ... (postprocess())
 
     def detect_padded(self, images: tf.Tensor, scales: tf.Tensor, sizes: tf.Tensor) -> dict:
         """Model input batch [B, S, S, 3] float, scales [B], original (h, w) [B, 2] -> outputs."""

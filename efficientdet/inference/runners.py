@@ -193,10 +193,21 @@ def _sidecar_meta(directory: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def served_module(model, meta: dict, *, nms: str = "hard", max_detections: int = 100,
-                  score_threshold: float = 0.001, iou_threshold: float = 0.5,
-                  pre_nms_topk: int = 5000, soft_nms_sigma: float = 0.5):
-    """Wrap a pure model from an artifact in `Detector` or `Classifier` per meta["task"]."""
+# Post-processing when neither the caller nor the artifact's model.json "postprocess" says.
+DEFAULT_POSTPROCESS = {"nms": "hard", "max_detections": 100, "score_threshold": 0.001,
+                       "iou_threshold": 0.5, "pre_nms_topk": 5000, "soft_nms_sigma": 0.5}
+
+
+def postprocess_settings(meta: dict, **options) -> dict:
+    """Detector options: explicit ones (not None) over the artifact's ``postprocess`` (e.g.
+    automl's, written by `effdet models import`) over `DEFAULT_POSTPROCESS`."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return {**DEFAULT_POSTPROCESS, **(meta.get("postprocess") or {}), **given}
+
+
+def served_module(model, meta: dict, **options):
+    """Wrap a pure model from an artifact in `Detector` or `Classifier` per meta["task"];
+    OPTIONS are `Detector` post-processing options (see `postprocess_settings`)."""
     from efficientdet.inference.detector import Classifier, Detector
 
     task = meta.get("task", "detection")
@@ -208,9 +219,7 @@ def served_module(model, meta: dict, *, nms: str = "hard", max_detections: int =
 
     anchors = Anchors.from_config(model_config(meta), image_size=meta["image_size"])
     return Detector(model, image_size=meta["image_size"], num_classes=int(meta["num_classes"]),
-                    anchors=anchors, nms=nms, max_detections=max_detections,
-                    score_threshold=score_threshold, iou_threshold=iou_threshold,
-                    pre_nms_topk=pre_nms_topk, soft_nms_sigma=soft_nms_sigma)
+                    anchors=anchors, **postprocess_settings(meta, **options))
 
 
 def model_config(meta: dict):
@@ -222,9 +231,10 @@ def model_config(meta: dict):
     return get_config(meta["model"], **overrides)
 
 
-def load_runner(uri: str, *, nms: str = "hard", **detector_options) -> Runner:
+def load_runner(uri: str, *, nms: str | None = None, **detector_options) -> Runner:
     """A runner for a model URI: an artifact dir (model.json + weights), an exported SavedModel
-    dir, or an .onnx file (s3:// URIs are fetched to a local cache first)."""
+    dir, or an .onnx file (s3:// URIs are fetched to a local cache first). Artifacts use NMS
+    (and DETECTOR_OPTIONS) as given, else their model.json's "postprocess", else hard NMS."""
     local = Path(fetch_local(uri))
     if local.is_file() and local.suffix == ".onnx":
         return OnnxRunner(local)

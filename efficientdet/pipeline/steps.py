@@ -80,8 +80,10 @@ def _flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
 # -- train ---------------------------------------------------------------------------------------
 def train_args(*, recipe: str, train_data: str, val_data: str, output: str, model: str = "",
                image_size: int = 0, steps: int = 0, epochs: float = 0.0, batch_size: int = 0,
-               amp: bool = False, xla: bool = False, extra: list[str] | None = None) -> list[str]:
-    """`effdet train` arguments for the UI parameters (0/"" = keep the recipe's value)."""
+               amp: bool = False, xla: bool = False, init: list[str] | None = None,
+               extra: list[str] | None = None) -> list[str]:
+    """`effdet train` arguments for the UI parameters (0/"" = keep the recipe's value);
+    INIT: init.* overrides (see `training.initialization.init_overrides`)."""
     sets = [f"data.train={train_data}", f"output={output}"]
     if val_data:
         sets.append(f"data.val={val_data}")
@@ -96,7 +98,7 @@ def train_args(*, recipe: str, train_data: str, val_data: str, output: str, mode
     if batch_size:
         sets.append(f"data.batch_size={batch_size}")
     sets += [f"precision.amp={str(amp).lower()}", f"precision.xla={str(xla).lower()}"]
-    sets += list(extra or [])
+    sets += list(init or []) + list(extra or [])
     args = ["--config", recipe]
     for s in sets:
         args += ["--set", s]

@@ -51,6 +51,12 @@ SCHEMA: dict[str, Any] = {
         "deterministic": (False, (bool,)),
         "randaugment": (None, (dict, list, type(None))),  # classification: {num_layers, magnitude}
     },
+    "init": {  # pretrained weights (see training.initialization)
+        "backbone": (None, (str, type(None))),  # keras.applications .h5, automl ckpt, artifact
+        "model": (None, (str, type(None))),  # a whole model artifact (e.g. imported automl D0)
+        "freeze": (None, (str, type(None))),  # regex over "layer/variable" names held fixed
+        "freeze_steps": (None, (int, type(None))),  # None: the whole run
+    },
     "train": {
         "steps": (None, (int, type(None))),  # total steps; None: epochs * steps_per_epoch
         "epochs": (1.0, (int, float)),
@@ -115,6 +121,7 @@ RULES: dict[str, Any] = {
     "optimizer.ema_decay": v.Fraction,
     "checkpoint.every_steps": v.PositiveInt,
     "checkpoint.keep": v.PositiveInt,
+    "init.freeze_steps": v.NonNegativeInt | None,
 }
 
 

@@ -168,6 +168,7 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
     import tensorflow as tf
 
     from efficientdet.detection.regularization import l2_loss
+    from efficientdet.training import initialization
     from efficientdet.training.checkpoints import CheckpointStore
     from efficientdet.training.dllogger import DLLogger
     from efficientdet.training.ema import ExponentialMovingAverage
@@ -176,6 +177,7 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
     from efficientdet.training.throughput import ThroughputMeter
 
     chief = ctx.is_chief
+    initialization.check_init(config)  # a missing pretrained file stops here, not after setup
     task = get_task(config["task"])
     config = task.resolve(config)
     label_map = config.pop("label_map")
@@ -194,6 +196,7 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
     xla = config["precision"]["xla"]
 
     model = task.build_model(config)
+    init_report = initialization.apply_init(model, config) if chief else {}
     opt_cfg = config["optimizer"]
     schedule = WarmupCosine(lengths["peak_lr"], total_steps, lengths["warmup_steps"],
                             opt_cfg["warmup_start_factor"])
@@ -235,6 +238,12 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
 
     wd = float(opt_cfg["weight_decay"])
     trainable = model.trainable_variables
+    frozen = initialization.frozen_mask(model, trainable, config)
+    freeze_steps = config["init"]["freeze_steps"]
+    freeze_until = tf.constant(total_steps if freeze_steps is None else freeze_steps, tf.int64)
+    if chief and any(frozen):
+        print(f"init.freeze {config['init']['freeze']!r}: {sum(frozen)} of {len(trainable)} "
+              f"trainable variables held for {int(freeze_until)} steps", flush=True)
 
     @tf.function(jit_compile=xla, reduce_retracing=True)
     def compute_gradients(images, labels):
@@ -251,6 +260,10 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
 
     @tf.function(reduce_retracing=True)
     def apply_gradients(grads):
+        if any(frozen):  # zero gradients (and so momentum and decay) while frozen
+            live = tf.cast(step_var >= freeze_until, tf.float32)
+            grads = [g * tf.cast(live, g.dtype) if f and g is not None else g
+                     for g, f in zip(grads, frozen)]
         if per_tensor_clip:
             # Gradients are still loss-scaled under float16: clip at the scaled norm.
             limit = per_tensor_clip * (optimizer.dynamic_scale if loss_scaling else 1.0)
@@ -288,7 +301,7 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
         "precision_policy": policy, "xla": xla, "total_steps": total_steps,
         "resumed_from_step": start_step if restored else None, "restored_checkpoint": restored,
         "restored_state_sha256": restored_digest, "global_batch": lengths["global_batch"],
-        "peak_lr": lengths["peak_lr"], "mlflow_run_id": None,
+        "peak_lr": lengths["peak_lr"], "mlflow_run_id": None, "init": init_report,
     }
     tracking_ctx = (tracking.step_run("train", params=run_params,
                                       log_system_metrics=config["logging"]["system_metrics"])
@@ -307,6 +320,10 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
                   f"{lengths['peak_lr']:.4g}, {policy}{', XLA' if xla else ''}"
                   + (f"; resumed from {restored} (state sha256 {restored_digest})"
                      if restored else ""), flush=True)
+            for kind, info in init_report.items():
+                print(f"init.{kind} {info['source']}: loaded {info['loaded']} variables"
+                      + (f", re-initialised {', '.join(info['reinitialised'])}"
+                         if info.get("reinitialised") else ""), flush=True)
         step = start_step
         try:
             while step < total_steps:
