@@ -1,6 +1,6 @@
 """Post-processing: scores, top-k candidates, box decoding, NMS, rescaling to the original image.
 
-Two methods:
+Three methods:
 - ``"hard"``: per-class NMS, computed as one class-agnostic NMS per image over class-shifted
   boxes (identical detections to per-class NMS; traces with a dynamic batch for SavedModel and
   converts to ONNX NonMaxSuppression).
@@ -9,8 +9,9 @@ Two methods:
   TF-TRT exports).
 - ``"soft"``: class-agnostic Gaussian soft-NMS per image (the recipe's inference default; the
   function's default stays "hard", the export-safe one). A box overlapping a kept box with IoU u
-  has its score multiplied by exp(-u**2 / (2 sigma)), TF's definition of ``soft_nms_sigma``, which
-  google/automl uses unchanged (sigma 0.5 -> exp(-u**2)); keeping its semantics keeps its AP.
+  has its score multiplied by exp(-u**2 / (2 sigma)), TF's definition of ``soft_nms_sigma``.
+  google/automl's sigma 0.5 is halved before it reaches TF, so its decay is exp(-2 u**2): the
+  default here is TF's 0.25, the same decay, which keeps automl's AP.
 
 Candidates are the ``pre_nms_topk`` highest (anchor, class) scores of each image, or with
 ``candidates="anchor_max"`` each anchor's best class (google/automl's default, all anchors when
@@ -160,7 +161,7 @@ def _soft_nms(boxes, scores, classes, max_detections, score_threshold, soft_nms_
             max_output_size=max_detections,
             iou_threshold=1.0,  # pure Gaussian decay (TF ignores it when sigma > 0 anyway)
             score_threshold=score_threshold,
-            soft_nms_sigma=soft_nms_sigma,  # exp(-u^2 / (2 sigma)), as google/automl
+            soft_nms_sigma=soft_nms_sigma,  # exp(-u^2 / (2 sigma)); automl's 0.5 is 0.25 here
         )
         return _gather_padded(keep, image_boxes, image_scores, image_classes, max_detections,
                               kept_scores)
@@ -179,7 +180,7 @@ def postprocess(
     pre_nms_topk: int = 5000,
     iou_threshold: float = 0.5,
     score_threshold: float = 0.001,
-    soft_nms_sigma: float = 0.5,
+    soft_nms_sigma: float = 0.25,
     candidates: str = "topk",
     clip_before_nms: bool = True,
     image_scales=None,

@@ -60,7 +60,7 @@ class Detector(tf.Module):
     def __init__(self, model, *, image_size, num_classes: int, anchors, nms: str = "hard",
                  max_detections: int = 100, score_threshold: float = 0.001,
                  iou_threshold: float = 0.5, pre_nms_topk: int = 5000,
-                 soft_nms_sigma: float = 0.5, name: str = "detector", **nms_extra):
+                 soft_nms_sigma: float = 0.25, name: str = "detector", **nms_extra):
         super().__init__(name=name)
         from efficientdet.detection.postprocess import METHODS
 

@@ -195,7 +195,7 @@ def _sidecar_meta(directory: Path) -> dict:
 
 # Post-processing when neither the caller nor the artifact's model.json "postprocess" says.
 DEFAULT_POSTPROCESS = {"nms": "hard", "max_detections": 100, "score_threshold": 0.001,
-                       "iou_threshold": 0.5, "pre_nms_topk": 5000, "soft_nms_sigma": 0.5}
+                       "iou_threshold": 0.5, "pre_nms_topk": 5000, "soft_nms_sigma": 0.25}
 
 
 def postprocess_settings(meta: dict, **options) -> dict:
