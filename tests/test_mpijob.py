@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from efficientdet import validation
 from efficientdet.pipeline import mpijob
 from efficientdet.pipeline.mpijob import (
     MPIJobError,
@@ -46,7 +47,7 @@ def test_job_name_is_stable_per_run_and_task_and_dns_safe():
     a = mpijob.job_name("run-123", "train")
     assert a == mpijob.job_name("run-123", "train")
     assert a != mpijob.job_name("run-124", "train") != mpijob.job_name("run-123", "train-2")
-    assert len(a) <= 63 and mpijob._DNS1123.match(a)
+    assert validation.check(a, validation.DNSLabel, "job name") == a  # raises when not
     with pytest.raises(ValueError, match="run id"):
         mpijob.job_name("", "train")
 
