@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from efficientdet.data import pipelines, schema
+from efficientdet.models.configs import IMAGENET_MEAN_RGB
 
 IMAGE_SIZE = 128
 ANCHOR_CONFIG = {  # the EfficientDet anchor settings (a mapping works as a model config)
@@ -142,10 +143,12 @@ def test_eval_boxes_map_back_to_source_within_a_pixel(dataset_dir):
             positives = float(labels["num_positives"][b])
             assert (positives > 0) == (k > 0)
             assert int(np.sum(labels["cls_targets"][b] >= 0)) == int(positives)
-            # padding right/below the resized image is zero
+            # padding right/below the resized image is the mean colour (0 once normalised)
             scaled_h, scaled_w = round(height * scale), round(width * scale)
             image = images[b].numpy()
-            assert np.all(image[scaled_h + 1 :] == 0.0) and np.all(image[:, scaled_w + 1 :] == 0.0)
+            mean = np.float32(IMAGENET_MEAN_RGB)
+            assert np.all(image[scaled_h + 1 :] == mean)
+            assert np.all(image[:, scaled_w + 1 :] == mean)
             assert image[: scaled_h - 1, : scaled_w - 1].mean() > 20.0
     assert seen == set(truth)
 
