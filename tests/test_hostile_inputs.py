@@ -156,10 +156,7 @@ def offline(monkeypatch, tmp_path):
 
 
 def _run(argv: list[str], capsys) -> tuple[int, list[str], str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
+    code = main(argv)  # argparse's own usage errors are returned as exit codes too
     out = capsys.readouterr()
     return code, [line for line in out.err.splitlines() if line.strip()], out.out + out.err
 
