@@ -81,7 +81,8 @@ def random_scale_crop_pad(image, boxes, output_size, seed, scale_range=(0.1, 2.0
 
     The image is resized so that it fits a square of `s * output` pixels (s uniform in
     `scale_range`), a window of at most the output size is cut at a random offset, and the rest is
-    padded at the bottom/right with the mean colour (`pad_with_mean`). Returns `(image float32 [H, W, 3], boxes in output pixels
+    padded at the bottom/right with the mean colour (`pad_with_mean`). Returns
+    `(image float32 [H, W, 3], boxes in output pixels
     (clipped to the visible content, not yet filtered), scale)` where `scale` is output pixels per
     source pixel.
     """

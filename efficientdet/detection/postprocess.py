@@ -33,7 +33,8 @@ CANDIDATES = ("topk", "anchor_max")
 
 
 def _static_min(k: int, n):
-    """min(k, n) for a static or dynamic `n`: static when `n` is, which keeps export shapes static."""
+    """min(k, n) for a static or dynamic `n`; static when `n` is, which keeps export shapes
+    static."""
     return min(k, n) if isinstance(n, int) else tf.minimum(k, n)
 
 

@@ -1,7 +1,7 @@
 """The served model as one TensorFlow module: uint8 images in, dataset answers out.
 
-`Detector` wraps a pure EfficientDet: aspect-preserving resize + mean-colour pad to the model's input
-size, the model, post-processing (NMS), boxes scaled back to ORIGINAL-image pixels and class
+`Detector` wraps a pure EfficientDet: aspect-preserving resize + mean-colour pad to the model's
+input size, the model, post-processing (NMS), boxes scaled back to ORIGINAL-image pixels and class
 indices turned into the dataset's category ids (index + 1). `Classifier` wraps an EfficientNet
 the same way (resize + pad, softmax). The same graph serves evaluation, predict, the exported
 SavedModel and the ONNX file, so all of them agree by construction.

@@ -3,8 +3,9 @@
 Per step: forward + loss + gradients in one ``tf.function`` (``jit_compile`` with ``xla``),
 then (with several ranks) one grouped allreduce of the gradients outside that function, then
 the optimizer step (SGD momentum, warm-up + cosine, per-tensor then global-norm clipping as
-automl does, dynamic loss scaling under float16) and the EMA update. Rank 0 broadcasts the initial (or restored) state, logs and
-writes checkpoints; a SIGTERM/SIGINT ends the run after the current step with a checkpoint.
+automl does, dynamic loss scaling under float16) and the EMA update. Rank 0 broadcasts the
+initial (or restored) state, logs and writes checkpoints; a SIGTERM/SIGINT ends the run after
+the current step with a checkpoint.
 """
 
 from __future__ import annotations
