@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from efficientdet.data import pipelines
+    from efficientdet.data.dataset import ConvertedDataset
     from efficientdet.models import get_config
 
     detection = args.task == "detection"
@@ -151,7 +152,8 @@ def main(argv=None) -> int:
                 f"wrote {args.images} synthetic images ({args.source_size} px) to {tmp} "
                 f"in {time.perf_counter() - start:.1f} s"
             )
-        records = pipelines.count_records(pattern)
+        with ConvertedDataset.open(pattern) as source:
+            records = source.num_examples
         print(
             f"data: {pattern} ({records} records); model {model}, input {image_size} px, "
             f"batch {args.batch_size}; TF {tf.__version__}, {os.cpu_count()} CPUs"

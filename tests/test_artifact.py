@@ -34,15 +34,15 @@ def test_round_trip_local(tmp_path, classifier):
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["format_version"] == 1 and meta["overrides"] == {}
     loaded, meta = load_artifact(uri)
-    assert meta["label_map"]["classes"][0]["name"] == "a"
-    assert meta["training"]["final_step"] == 7
+    assert meta.label_map.names == {0: "a"} and meta.label_map.task == "classification"
+    assert meta.training["final_step"] == 7
     _check_same(classifier, loaded)
 
 
 def test_round_trip_s3(s3_bucket, classifier):
     uri = f"s3://{s3_bucket}/runs/x/model"
     save_artifact(classifier, _meta(), uri)
-    assert read_meta(uri)["model"] == "efficientnet-b0"
+    assert read_meta(uri).model == "efficientnet-b0"
     loaded, _ = load_artifact(uri)
     _check_same(classifier, loaded)
 

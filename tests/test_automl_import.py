@@ -57,7 +57,7 @@ def test_raw_outputs_match_automl_at_every_level(from_folder, expected):
     from efficientdet.models.artifact import load_artifact
 
     model, meta = load_artifact(str(from_folder))
-    assert meta["num_classes"] == 90 and meta["image_size"] == 512
+    assert meta.num_classes == 90 and meta.image_size == 512
     out = model(expected["image"].astype("float32"), training=False)
     diffs = {}
     for i, level in enumerate(LEVELS):

@@ -198,7 +198,7 @@ def test_efficientnet_checkpoint_imports_as_classifier_and_as_backbone(tmp_path)
                  "--weights", str(tmp_path / "efficientnet-b0"), "--output",
                  str(tmp_path / "cls"), "--image-size", "64"]) == 0
     classifier, meta = load_artifact(str(tmp_path / "cls"))
-    assert meta["task"] == "classification" and meta["num_classes"] == 1000
+    assert meta.task == "classification" and meta.num_classes == 1000
     dense = classifier.get_layer("predictions").weights[1]
     assert np.array_equal(np.asarray(dense), ema["efficientnet-b0/head/dense/bias"])
 

@@ -336,22 +336,22 @@ def test_s3_input_and_output(synth, s3_bucket, tmp_path):
 
 
 def test_readers_refuse_incomplete_datasets_and_partial_files(synth, tmp_path):
-    from efficientdet.data.pipelines import list_files
+    from efficientdet.data.dataset import ConvertedDataset
     from efficientdet.data.shards import IncompleteDataset
-    from efficientdet.evaluation.evaluate import dataset_files
+    from efficientdet.evaluation.evaluate import evaluate_model
 
     out = tmp_path / "out"
     cc.convert_coco(str(synth / "annotations.json"), str(synth / "images"), str(out),
                     num_shards=2, workers=1, progress=False)
     (out / "data-00000-of-00002.tfrecord.partial").write_bytes(b"half a shard")
     shards = [str(out / f"data-0000{i}-of-00002.tfrecord") for i in range(2)]
-    assert list_files(str(out)) == shards
-    assert dataset_files(str(out))[0] == shards
+    assert ConvertedDataset.open(str(out)).shards == shards
+    assert ConvertedDataset.open(str(out)).num_examples == 12  # from report.json
     (out / "report.json").unlink()
-    with pytest.raises(IncompleteDataset, match="no report.json"):
-        list_files(str(out))
-    with pytest.raises(IncompleteDataset, match=f"--data {out}: no report.json"):
-        dataset_files(str(out))
+    with pytest.raises(IncompleteDataset, match=f"{out}: no report.json"):
+        _ = ConvertedDataset.open(str(out)).shards
+    with pytest.raises(IncompleteDataset, match=f"{out}: no report.json"):
+        evaluate_model(str(tmp_path / "no-model"), str(out))  # before the model is loaded
 
 
 def test_output_through_a_symlink_replaces_the_target(synth, tmp_path):

@@ -121,13 +121,16 @@ def test_classifier_evaluate_predict_and_export(tmp_path, monkeypatch, capsys):
     from efficientdet.data.schema import classification_example
     from efficientdet.export.saved_model import export_saved_model
     from efficientdet.inference.runners import ModuleRunner, SavedModelRunner, served_module
+    from efficientdet.models.model_meta import ModelMeta
     from tests.test_export_saved_model import png_bytes
 
     model = _tiny_classifier()
-    meta = {"task": "classification", "model": "efficientnet-b0", "num_classes": 4,
-            "image_size": 64, "label_map": [{"id": i, "name": f"c{i}"} for i in range(4)]}
+    # the bare class list: a label map form older artifacts hold
+    old_form = {"task": "classification", "model": "efficientnet-b0", "num_classes": 4,
+                "image_size": 64, "label_map": [{"id": i, "name": f"c{i}"} for i in range(4)]}
+    meta = ModelMeta.from_dict(old_form)
     (tmp_path / "artifact").mkdir()
-    (tmp_path / "artifact" / "model.json").write_text(json.dumps(meta))
+    (tmp_path / "artifact" / "model.json").write_text(json.dumps(old_form))
     monkeypatch.setattr("efficientdet.models.artifact.load_artifact",
                         lambda uri, cache_dir=None: (model, meta))
     images = sample_images(6, seed=7)

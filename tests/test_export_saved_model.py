@@ -51,10 +51,12 @@ def tiny_detector(seed: int = 0):
     return keras.Model(inputs, {"class_outputs": cls, "box_outputs": box})
 
 
-def tiny_meta() -> dict:
-    return {"task": "detection", "model": "efficientdet-d0", "num_classes": NUM_CLASSES,
-            "image_size": IMAGE_SIZE, "label_map": LABEL_MAP["classes"], "overrides": {},
-            "training": {}}
+def tiny_meta():
+    from efficientdet.models.model_meta import ModelMeta
+
+    return ModelMeta.from_dict({"task": "detection", "model": "efficientdet-d0",
+                                "num_classes": NUM_CLASSES, "image_size": IMAGE_SIZE,
+                                "label_map": LABEL_MAP["classes"]})
 
 
 def sample_images(n: int = 4, seed: int = 0) -> list[np.ndarray]:
@@ -108,7 +110,7 @@ def tiny_artifact(monkeypatch, tmp_path):
     model.json a runner looks for."""
     model = tiny_detector()
     (tmp_path / "artifact").mkdir()
-    (tmp_path / "artifact" / "model.json").write_text(json.dumps(tiny_meta()))
+    (tmp_path / "artifact" / "model.json").write_text(json.dumps(tiny_meta().to_dict()))
     monkeypatch.setattr("efficientdet.models.artifact.load_artifact",
                         lambda uri, cache_dir=None: (model, tiny_meta()))
     return model
@@ -141,7 +143,9 @@ def test_saved_model_in_fresh_process_matches_in_memory(tmp_path, tiny_artifact)
     report = json.loads((out / "export_report.json").read_text())
     assert report["parity"]["drop"] == 0.0 and report["parity"]["passed"]
     assert json.loads((out / "label_map.json").read_text()) == LABEL_MAP
-    assert json.loads((out / "model.json").read_text())["input_size"] == [128, 128]
+    exported = json.loads((out / "model.json").read_text())
+    assert {k: v for k, v in exported.items() if k != "export"} == tiny_meta().to_dict()
+    assert exported["export"]["format"] == "saved_model"
 
     # same-size batch for serving_default; mixed sizes (PNG files) for serving_bytes
     batch = np.stack([im[:80, :80] for im in sample_images(3, seed=1)])

@@ -278,11 +278,13 @@ def test_ranks_see_disjoint_data_covering_the_set(dataset_dir, tmp_path):
 
 
 def test_file_and_record_sharding_rules():
+    from efficientdet.data.dataset import rank_shards
+
     files = [f"f{i}" for i in range(5)]
-    assert pipelines.shard_files(files, 1, 2) == (["f1", "f3"], False)
-    assert pipelines.shard_files(files[:2], 2, 3) == (["f0", "f1"], True)
-    with pytest.raises(ValueError, match="shard_index"):
-        pipelines.shard_files(files, 2, 2)
+    assert rank_shards(files, 1, 2) == (["f1", "f3"], False)
+    assert rank_shards(files[:2], 2, 3) == (["f0", "f1"], True)
+    with pytest.raises(ValueError, match="rank"):
+        rank_shards(files, 2, 2)
 
 
 def test_deterministic_mode_repeats_exactly(dataset_dir):
@@ -316,9 +318,11 @@ def test_training_shapes_are_static_and_repeat_forever(dataset_dir):
 
 
 def test_counting_helpers(dataset_dir):
+    from efficientdet.data.dataset import ConvertedDataset
+
     root, truth = dataset_dir
-    assert pipelines.count_records(str(root / "*.tfrecord")) == len(truth)
-    assert pipelines.count_records(str(root)) == len(truth)  # a directory means its shards
+    with ConvertedDataset.open(str(root / "*.tfrecord")) as source:  # no report: counted
+        assert source.num_examples == len(truth)
     assert pipelines.steps_per_epoch(len(truth), batch_size=4) == 3
     assert pipelines.steps_per_epoch(len(truth), batch_size=4, num_shards=2) == 1
     assert pipelines.steps_per_epoch(3, batch_size=8, num_shards=2) == 1
@@ -350,6 +354,7 @@ def test_bad_inputs_are_named(tmp_path):
 @pytest.mark.slow
 def test_reads_shards_from_s3_through_the_local_cache(dataset_dir, s3_bucket, tmp_path):
     from efficientdet import storage
+    from efficientdet.data.dataset import ConvertedDataset
 
     root, truth = dataset_dir
     for path in sorted(root.glob("*.tfrecord")):
@@ -357,8 +362,8 @@ def test_reads_shards_from_s3_through_the_local_cache(dataset_dir, s3_bucket, tm
     storage.write_text(f"s3://{s3_bucket}/sets/val/label_map.json", "{}")  # not a shard: ignored
     storage.write_text(f"s3://{s3_bucket}/sets/val/report.json", "{}")
     remote = f"s3://{s3_bucket}/sets/val"
-    assert len(pipelines.list_files(remote)) == 4
-    assert pipelines.list_files(remote + "/*-00001-*.tfrecord") == [
+    assert len(ConvertedDataset.open(remote).shards) == 4
+    assert ConvertedDataset.open(remote + "/*-00001-*.tfrecord").shards == [
         f"{remote}/data-00001-of-00004.tfrecord"
     ]
     cache = tmp_path / "cache"
@@ -368,9 +373,10 @@ def test_reads_shards_from_s3_through_the_local_cache(dataset_dir, s3_bucket, tm
     assert cached == ["data-00001-of-00004.tfrecord", "data-00003-of-00004.tfrecord"]
     local = _image_ids(_eval_ds(str(root / "data-0000[13]-*.tfrecord")))
     assert sorted(ids) == sorted(local)
-    assert pipelines.count_records(remote, cache_dir=str(cache)) == len(truth)
+    with ConvertedDataset.open(remote, cache_dir=str(cache)) as source:  # "{}": no counts
+        assert source.num_examples == len(truth)
     with pytest.raises(FileNotFoundError, match="nope"):
-        pipelines.list_files(f"s3://{s3_bucket}/nope/*.tfrecord")
+        _ = ConvertedDataset.open(f"s3://{s3_bucket}/nope/*.tfrecord").shards
 
 
 def test_model_config_by_name_sets_the_anchors(dataset_dir):

@@ -86,7 +86,7 @@ def test_train_init_model_fine_tunes_on_four_classes_with_frozen_backbone(import
     assert "re-initialised class_net_predict/depthwise_kernel" in printed
     assert "init.freeze" in printed
     tuned, meta = load_artifact(str(out / "model"))
-    assert meta["num_classes"] == 4
+    assert meta.num_classes == 4
     before, after = _by_name(load_artifact(str(imported_d0))[0]), _by_name(tuned)
     frozen = [k for k in after if k.startswith(("stem_conv/", "block")) and
               not k.endswith(("moving_mean", "moving_variance"))]

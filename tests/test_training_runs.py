@@ -191,9 +191,9 @@ def test_xla_and_amp_classification_no_nan(tmp_path, monkeypatch):
     from efficientdet.models.artifact import load_artifact
 
     _model, meta = load_artifact(summary["model_uri"])
-    assert meta["task"] == "classification" and meta["num_classes"] == 3
-    assert meta["label_map"]["classes"][0]["name"] == "class0"
-    assert meta["training"]["ema"] is True and meta["training"]["final_step"] == 20
+    assert meta.task == "classification" and meta.num_classes == 3
+    assert meta.class_names[0] == "class0"
+    assert meta.training["ema"] is True and meta.training["final_step"] == 20
 
 
 def test_deterministic_mode_repeats_a_run_exactly(tmp_path):

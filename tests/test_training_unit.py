@@ -243,17 +243,6 @@ def test_horovod_launch_detection():
     assert grads == [1, None] and extra == [1.0] and ctx.is_chief and not ctx.distributed
 
 
-def test_dataset_dir_and_label_map(tmp_path):
-    from efficientdet.training.tasks import dataset_dir, num_classes_from_label_map
-
-    assert dataset_dir("s3://b/coco/train/") == "s3://b/coco/train"
-    assert dataset_dir("s3://b/coco/train/data-*.tfrecord") == "s3://b/coco/train"
-    assert dataset_dir(str(tmp_path / "x.tfrecord")) == str(tmp_path)
-    lm = {"classes": [{"id": 1, "name": "a"}, {"id": 90, "name": "b"}]}
-    assert num_classes_from_label_map("detection", lm, "x") == 90
-    assert num_classes_from_label_map("classification", lm, "x") == 2
-
-
 def test_checkpoints_on_s3_keep_last_and_resume(s3_bucket, tmp_path):
     import tensorflow as tf
 
@@ -297,12 +286,15 @@ def test_model_overrides_and_image_size_are_checked_against_the_model(tmp_path):
 
 
 def test_label_map_errors_are_not_reported_as_missing(tmp_path, monkeypatch):
-    from efficientdet.training.tasks import read_label_map
+    from efficientdet.training.tasks import get_task
 
-    assert read_label_map(str(tmp_path)) is None  # really missing
+    config = cfg.build_config({"data": {"train": str(tmp_path)}, "model": "efficientdet-d0"})
+    with pytest.raises(cfg.ConfigError, match="num_classes is not set.*has no label_map.json"):
+        get_task("detection").resolve(config)  # really missing
     (tmp_path / "label_map.json").write_text("{not json")
-    with pytest.raises(cfg.ConfigError, match="label_map.json: not a valid label map"):
-        read_label_map(str(tmp_path))
+    with pytest.raises(cfg.ConfigError,
+                       match="'data.train': .*label_map.json: not a valid label map"):
+        get_task("detection").resolve(config)
     # storage down: a one-line storage error naming the URI, not "has no label_map.json"
     from efficientdet import storage
 
@@ -311,7 +303,8 @@ def test_label_map_errors_are_not_reported_as_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     with pytest.raises(storage.StorageError, match="s3://bucket/set/label_map.json"):
-        read_label_map("s3://bucket/set")
+        get_task("detection").resolve(cfg.build_config({"data": {"train": "s3://bucket/set"},
+                                                        "model": "efficientdet-d0"}))
 
 
 def _keras_checkpoint(units: int):

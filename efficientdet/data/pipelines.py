@@ -10,8 +10,9 @@ keeps every n-th RECORD. Either way the ranks see disjoint data that together co
 file sharding the ranks may hold a few records more or less; training datasets repeat forever, so
 the loop decides the epoch length with `steps_per_epoch` and no rank runs dry.
 
-Files: local globs or directories, or s3:// globs/prefixes; each rank downloads only its own
-shards into a local cache (`cache_dir`) through `efficientdet.storage`, then reads them locally.
+Files: anything `data.dataset.ConvertedDataset` opens (converted dataset directories or s3://
+prefixes, shard globs); each rank downloads only its own shards into the local cache
+(`cache_dir`, default `data.dataset.default_cache_dir`), then reads them locally.
 
 Randomness: each element gets its own seed from a seeded random stream, and every augmentation is
 a stateless op of that seed. In `deterministic=True` mode (tests) file order, interleave order,
@@ -21,114 +22,17 @@ for speed.
 
 from __future__ import annotations
 
-import fnmatch
-import glob
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import tensorflow as tf
 
 from efficientdet.data import augment
+from efficientdet.data.dataset import ConvertedDataset, default_cache_dir
 
 AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_SEED = 0
 READ_BUFFER_BYTES = 8 << 20
 MAX_INTERLEAVE = 16
-
-
-# --------------------------------------------------------------------------------------- files
-
-
-def list_files(file_pattern) -> list[str]:
-    """Sorted paths or s3:// URIs of the TFRecord files matching `file_pattern`.
-
-    `file_pattern` is a glob (wildcards in the last path component for s3://), a comma-separated
-    string or list of those, or a directory / prefix, which means the `*.tfrecord` files in it.
-    Nothing is downloaded here: each rank fetches only its own files (`local_copy`).
-    """
-    from efficientdet import storage
-    from efficientdet.data.shards import require_complete
-
-    files: list[str] = []
-    for pattern in _split_patterns(file_pattern):
-        if pattern.startswith("s3://"):
-            if any(ch in pattern for ch in "*?["):
-                files.extend(storage.list_files(pattern))
-            else:
-                found = storage.list_files(pattern)
-                if pattern not in found:  # a dataset prefix, not one object
-                    require_complete(pattern)
-                files.extend(
-                    u
-                    for u in found
-                    if u == pattern or fnmatch.fnmatchcase(u.rsplit("/", 1)[-1], "*.tfrecord")
-                )
-            continue
-        pattern = os.path.expanduser(pattern)
-        if os.path.isdir(pattern):
-            require_complete(pattern)
-            pattern = os.path.join(pattern, "*.tfrecord")
-        files.extend(p for p in glob.glob(pattern) if os.path.isfile(p))
-    files = sorted(set(files))
-    if not files:
-        raise FileNotFoundError(f"no TFRecord files match {file_pattern!r}")
-    return files
-
-
-def _split_patterns(file_pattern) -> list[str]:
-    if isinstance(file_pattern, (str, os.PathLike)):
-        items = [p.strip() for p in str(file_pattern).split(",")]
-    elif isinstance(file_pattern, Sequence):
-        items = [str(p).strip() for p in file_pattern]
-    else:
-        raise TypeError(
-            f"file_pattern must be a string or a list of strings, got {type(file_pattern).__name__}"
-        )
-    items = [p for p in items if p]
-    if not items:
-        raise ValueError(f"file_pattern is empty: {file_pattern!r}")
-    return items
-
-
-def local_copy(files: Sequence[str], cache_dir: str | None = None) -> list[str]:
-    """Local paths for `files`: s3:// objects are downloaded once into the cache (`cache_dir`,
-    default `$EFFDET_CACHE_DIR` or `~/.cache/efficientdet`; re-fetched when the size changed)."""
-    from efficientdet import storage
-
-    root = (
-        cache_dir
-        or os.environ.get("EFFDET_CACHE_DIR")
-        or os.path.expanduser("~/.cache/efficientdet")
-    )
-    out = []
-    for f in files:
-        out.append(
-            str(storage.sync_to_local(f, os.path.join(root, "s3"))) if f.startswith("s3://") else f
-        )
-    return out
-
-
-def shard_files(files: Sequence[str], shard_index: int, num_shards: int) -> tuple[list[str], bool]:
-    """This rank's files, and whether records must additionally be sharded.
-
-    Returns `(files[shard_index::num_shards], False)` when there are at least `num_shards` files,
-    else `(all files, True)`: the caller then keeps every `num_shards`-th record.
-    """
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(
-            f"need 0 <= shard_index < num_shards, got shard_index={shard_index}, num_shards={num_shards}"
-        )
-    files = list(files)
-    if len(files) >= num_shards:
-        return files[shard_index::num_shards], False
-    return files, True
-
-
-def count_records(file_pattern, cache_dir: str | None = None) -> int:
-    """Number of records in the matching TFRecord files (reads them through once)."""
-    files = local_copy(list_files(file_pattern), cache_dir)
-    ds = tf.data.TFRecordDataset(files, buffer_size=READ_BUFFER_BYTES)
-    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
 
 
 def steps_per_epoch(num_records: int, batch_size: int, num_shards: int = 1) -> int:
@@ -159,8 +63,10 @@ def _dataset(
     `map_fn(serialized, element_seed)`, batched and prefetched with the deterministic options."""
     element_seed = _element_seed(deterministic, seed, shard_index)
     repeat = is_training if repeat is None else bool(repeat)
-    files, shard_records = shard_files(list_files(file_pattern), shard_index, num_shards)
-    files = local_copy(files, cache_dir)
+    # the tf.data pipeline reads the files lazily: a persistent cache, never a temp one
+    source = ConvertedDataset.open(file_pattern, cache_dir=cache_dir or default_cache_dir())
+    files, shard_records = source.shards_for_rank(shard_index, num_shards)
+    files = source.local_shards(files)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if is_training and not shard_records:
         # every rank holds its own files: their order may change per epoch

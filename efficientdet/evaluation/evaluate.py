@@ -12,32 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from efficientdet.data.dataset import ConvertedDataset
 from efficientdet.evaluation.coco import GroundTruthBuilder, evaluate_coco, to_coco_detections
 from efficientdet.inference.runners import batched
 
 log = logging.getLogger(__name__)
 NUM_SAMPLES = 8  # images kept for the report's sample grid
-
-
-def dataset_files(data_uri: str) -> tuple[list[str], dict | None]:
-    """Local TFRecord shards and label map of a converted dataset dir (s3:// is fetched)."""
-    from efficientdet import storage
-    from efficientdet.data.shards import require_complete
-
-    local = Path(storage.sync_to_local(str(data_uri)))
-    if local.is_file():
-        files, label_map_path = [str(local)], local.parent / "label_map.json"
-    else:
-        require_complete(str(local), "--data")
-        files = sorted(str(p) for p in local.rglob("*.tfrecord") if p.is_file())
-        label_map_path = local / "label_map.json"
-    if not files:
-        raise FileNotFoundError(f"--data {data_uri}: no *.tfrecord files found")
-    try:
-        label_map = json.loads(label_map_path.read_text()) if label_map_path.is_file() else None
-    except ValueError as exc:
-        raise ValueError(f"{label_map_path}: not valid JSON ({exc})") from None
-    return files, label_map
 
 
 def _records(files: list[str], task: str, max_images: int | None):
@@ -55,14 +35,19 @@ def _records(files: list[str], task: str, max_images: int | None):
 
 def evaluate_runner(runner, data_uri: str, *, batch_size: int = 8,
                     max_images: int | None = None,
-                    dataset: tuple[list[str], dict | None] | None = None) -> dict[str, Any]:
+                    dataset: ConvertedDataset | None = None) -> dict[str, Any]:
     """Run `runner` (inference.runners) over a dataset and score it. Returns a dict with
     "result" (metrics as JSON-able dict), and for detection "coco" (CocoResult),
     "detections" (COCO results list), "ground_truth" (COCO dict) and "samples".
-    ``dataset``: the `dataset_files` of ``data_uri`` when the caller has them already."""
+    ``dataset``: ``data_uri`` opened already (the caller closes it); else it is opened and
+    its downloads removed here."""
+    if dataset is None:
+        with ConvertedDataset.open(data_uri) as opened:
+            return evaluate_runner(runner, data_uri, batch_size=batch_size,
+                                   max_images=max_images, dataset=opened)
     from efficientdet.evaluation.classification import TopKAccumulator
 
-    files, label_map = dataset or dataset_files(data_uri)
+    files, label_map = dataset.local_shards(), dataset.label_map
     if runner.task == "classification":
         acc = TopKAccumulator((1, 5))
         for batch in batched(_records(files, "classification", max_images), batch_size):
@@ -72,7 +57,7 @@ def evaluate_runner(runner, data_uri: str, *, batch_size: int = 8,
         return {"result": {"task": "classification", "metrics": acc.result(),
                            "num_images": acc.count}}
 
-    gt = GroundTruthBuilder((label_map or {}).get("classes"))
+    gt = GroundTruthBuilder(label_map.to_dict()["classes"] if label_map else None)
     detections: list[dict] = []
     samples: list[dict] = []
     for batch in batched(_records(files, "detection", max_images), batch_size):
@@ -124,11 +109,12 @@ def evaluate_model(model_uri: str, data_uri: str, *, batch_size: int = 8,
     detections.json and the report to output_dir when given; returns the metrics dict."""
     from efficientdet.inference.runners import load_runner
 
-    dataset = dataset_files(data_uri)  # a bad --data fails before a model is loaded
-    runner = load_runner(model_uri, nms="hard", max_detections=100, pre_nms_topk=5000,
-                         score_threshold=0.001)
-    evaluation = evaluate_runner(runner, data_uri, batch_size=batch_size, max_images=max_images,
-                                 dataset=dataset)
+    with ConvertedDataset.open(data_uri) as dataset:
+        dataset.shards  # noqa: B018 - a bad --data fails before a model is loaded
+        runner = load_runner(model_uri, nms="hard", max_detections=100, pre_nms_topk=5000,
+                             score_threshold=0.001)
+        evaluation = evaluate_runner(runner, data_uri, batch_size=batch_size,
+                                     max_images=max_images, dataset=dataset)
     evaluation["result"]["model"] = str(model_uri)
     evaluation["result"]["data"] = str(data_uri)
     _write_outputs(output_dir, evaluation, report)

@@ -59,9 +59,7 @@ def export_model(model_uri: str, output_uri: str, *, fmt: str = "saved_model",
                 from efficientdet.export.tftrt import convert_tftrt
 
                 convert_tftrt(str(saved), str(out_dir), precision=precision,
-                              calibration_data=calibration_data,
-                              image_size=json.loads((saved / "model.json").read_text())
-                              ["input_size"])
+                              calibration_data=calibration_data, image_size=meta.input_hw)
                 runner_path = out_dir
             else:
                 from efficientdet.export.onnx import export_onnx

@@ -9,7 +9,6 @@ built from this file with trtexec (docs/export.md). Soft-NMS does not convert; e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -125,20 +124,20 @@ def export_onnx(saved_model_dir: str | Path, output_dir: str | Path, *, opset: i
     """Convert an exported SavedModel to output_dir/model.onnx (+ model.json, label_map.json)
     and verify it with onnxruntime. Returns {"path", "check"}."""
     saved_model_dir, output_dir = Path(saved_model_dir), Path(output_dir)
-    meta = json.loads((saved_model_dir / "model.json").read_text())
-    if meta.get("export", {}).get("postprocess", {}).get("nms") == "soft":
+    from efficientdet.export.saved_model import write_sidecars
+    from efficientdet.models.artifact import read_meta
+
+    meta = read_meta(str(saved_model_dir))
+    export = dict(meta.export or {})
+    if (export.get("postprocess") or {}).get("nms") == "soft":
         raise OnnxExportError("soft-NMS does not convert to ONNX; export with --nms hard")
     path = convert_saved_model(saved_model_dir, output_dir / "model.onnx", opset)
-    meta["export"]["format"] = "onnx"
-    meta["export"]["signatures"] = ["images"]
-    meta["export"]["onnx"] = {"opset": opset, "file": "model.onnx",
-                              "tolerance": {"scores": SCORE_ATOL, "boxes_px": BOX_ATOL}}
-    (output_dir / "model.json").write_text(json.dumps(meta, indent=2, default=str))
-    lm = saved_model_dir / "label_map.json"
-    if lm.is_file():
-        (output_dir / "label_map.json").write_text(lm.read_text())
+    export.update(format="onnx", signatures=["images"],
+                  onnx={"opset": opset, "file": "model.onnx",
+                        "tolerance": {"scores": SCORE_ATOL, "boxes_px": BOX_ATOL}})
+    write_sidecars(output_dir, meta.replace(export=export))
     if check_images is None:
-        h, w = meta["input_size"]
+        h, w = meta.input_hw
         check_images = np.random.RandomState(0).randint(0, 256, (2, h, w, 3)).astype(np.uint8)
     return {"path": str(path), "check": check_with_onnxruntime(path, saved_model_dir,
                                                                 check_images)}

@@ -15,38 +15,26 @@ import json
 import tempfile
 from pathlib import Path
 
+from efficientdet.models.model_meta import ModelMeta
+
 SIGNATURES = ("serving_default", "serving_bytes")
 
 
-def _label_map(meta: dict) -> dict:
-    lm = meta.get("label_map")
-    if isinstance(lm, dict) and "classes" in lm:
-        return lm
-    if isinstance(lm, list):
-        return {"task": meta.get("task", "detection"), "classes": lm}
-    if isinstance(lm, dict):
-        return {"task": meta.get("task", "detection"),
-                "classes": [{"id": int(k), "name": v} for k, v in sorted(lm.items(), key=lambda kv: int(kv[0]))]}
-    return {"task": meta.get("task", "detection"), "classes": []}
-
-
-def export_meta(meta: dict, module, *, fmt: str, nms_options: dict | None = None) -> dict:
-    """model.json written beside an export: the artifact's meta plus how to call the export."""
+def export_meta(meta: ModelMeta, *, fmt: str, nms_options: dict | None = None) -> ModelMeta:
+    """The artifact's `ModelMeta` plus how to call the export (written beside it as model.json).
+    """
     from efficientdet.inference.detector import DETECTION_OUTPUTS
 
-    out = dict(meta)
-    out["export"] = {
+    return meta.replace(export={
         "format": fmt,
         "signatures": list(SIGNATURES),
         "inputs": {"serving_default": "images: uint8 [N, H, W, 3]",
                    "serving_bytes": "image_bytes: string [N] (encoded JPEG/PNG)"},
-        "outputs": list(DETECTION_OUTPUTS) if out.get("task", "detection") == "detection"
+        "outputs": list(DETECTION_OUTPUTS) if meta.is_detector
         else ["probabilities", "top_classes", "top_scores"],
         "boxes": "ymin, xmin, ymax, xmax in original-image pixels",
         "postprocess": dict(nms_options or {}),
-    }
-    out["input_size"] = list(module.image_size)
-    return out
+    })
 
 
 def save_module(module, directory: str | Path) -> None:
@@ -62,13 +50,14 @@ def save_module(module, directory: str | Path) -> None:
                         options=options)
 
 
-def write_sidecars(directory: str | Path, meta: dict) -> None:
+def write_sidecars(directory: str | Path, meta: ModelMeta) -> None:
+    """model.json (the `ModelMeta`) and label_map.json beside an export."""
     directory = Path(directory)
-    (directory / "model.json").write_text(json.dumps(meta, indent=2, default=str))
-    (directory / "label_map.json").write_text(json.dumps(_label_map(meta), indent=2))
+    (directory / "model.json").write_text(json.dumps(meta.to_dict(), indent=2, default=str))
+    (directory / "label_map.json").write_text(json.dumps(meta.export_label_map, indent=2))
 
 
-def export_saved_model(model, meta: dict, output_uri: str, *, nms: str = "hard",
+def export_saved_model(model, meta: ModelMeta, output_uri: str, *, nms: str = "hard",
                        max_detections: int = 100, score_threshold: float = 0.001,
                        iou_threshold: float = 0.5, pre_nms_topk: int = 5000) -> str:
     """Export an in-memory model (from an artifact) as a serving SavedModel at output_uri
@@ -82,9 +71,8 @@ def export_saved_model(model, meta: dict, output_uri: str, *, nms: str = "hard",
     local = Path(output_uri) if not storage.is_remote(output_uri) else \
         Path(tempfile.mkdtemp(prefix="effdet-export-")) / "saved_model"
     save_module(module, local)
-    write_sidecars(local, export_meta(meta, module, fmt="saved_model",
-                                      nms_options=options if meta.get("task", "detection")
-                                      == "detection" else None))
+    write_sidecars(local, export_meta(meta, fmt="saved_model",
+                                      nms_options=options if meta.is_detector else None))
     if storage.is_remote(output_uri):
         storage.upload_dir(local, output_uri)
     return str(local)

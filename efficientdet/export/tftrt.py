@@ -7,10 +7,6 @@ early with a message naming what is missing.
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 import numpy as np
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -54,21 +50,20 @@ def calibration_batches(data_uri: str, image_size, num_batches: int = 8, batch_s
     (the serving graph resizes again; same-size batches feed `serving_default`)."""
     import tensorflow as tf
 
-    from efficientdet.evaluation.evaluate import _records, dataset_files
+    from efficientdet.data.dataset import ConvertedDataset
+    from efficientdet.evaluation.evaluate import _records
 
-    files, label_map = dataset_files(data_uri)
-    task = (label_map or {}).get("task", "detection")
     h, w = image_size
     batch = []
-    count = 0
-    for ex in _records(files, "classification" if task == "classification" else "detection",
-                       num_batches * batch_size):
-        img = tf.image.resize(ex["image"], (h, w))
-        batch.append(tf.cast(tf.round(img), tf.uint8).numpy())
-        if len(batch) == batch_size:
-            yield (tf.constant(np.stack(batch)),)
-            batch = []
-            count += 1
+    with ConvertedDataset.open(data_uri) as dataset:
+        label_map = dataset.label_map
+        task = label_map.task if label_map and label_map.task else "detection"
+        for ex in _records(dataset.local_shards(), task, num_batches * batch_size):
+            img = tf.image.resize(ex["image"], (h, w))
+            batch.append(tf.cast(tf.round(img), tf.uint8).numpy())
+            if len(batch) == batch_size:
+                yield (tf.constant(np.stack(batch)),)
+                batch = []
     if batch:
         yield (tf.constant(np.stack(batch)),)
 
@@ -107,14 +102,11 @@ def convert_tftrt(saved_model_dir: str, output_dir: str, *, precision: str = "fp
 
     converter.build(input_fn=build_inputs)
     converter.save(str(output_dir))
-    for sidecar in ("model.json", "label_map.json"):
-        src = Path(saved_model_dir) / sidecar
-        if src.is_file():
-            shutil.copy(src, Path(output_dir) / sidecar)
-    meta_path = Path(output_dir) / "model.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        meta.setdefault("export", {}).update(
-            {"format": "tf-trt", "precision": precision, "signatures": ["serving_default"]})
-        meta_path.write_text(json.dumps(meta, indent=2, default=str))
+    from efficientdet.export.saved_model import write_sidecars
+    from efficientdet.models.artifact import read_meta
+
+    meta = read_meta(str(saved_model_dir))
+    write_sidecars(output_dir, meta.replace(export={
+        **(meta.export or {}), "format": "tf-trt", "precision": precision,
+        "signatures": ["serving_default"]}))
     return str(output_dir)

@@ -10,11 +10,14 @@ benchmark times).
 
 from __future__ import annotations
 
-import json
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from efficientdet.models.model_meta import ModelMeta
 
 SAVED_MODEL_FILE = "saved_model.pb"
 
@@ -70,10 +73,17 @@ def split_outputs(task: str, outputs: dict[str, np.ndarray]) -> list[dict[str, n
 class Runner:
     """Common behaviour; subclasses implement `run_batch`."""
 
-    task: str = "detection"
-    label_map: dict[int, str]
+    meta: ModelMeta
     image_size: tuple[int, int]
-    meta: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return self.meta.task
+
+    @property
+    def label_map(self) -> dict[int, str]:
+        """Class name by id."""
+        return self.meta.class_names
 
     def run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -86,27 +96,16 @@ class Runner:
         return results
 
 
-def _meta_label_map(meta: dict) -> dict[int, str]:
-    lm = meta.get("label_map") or {}
-    if isinstance(lm, dict) and "classes" in lm:
-        lm = lm["classes"]
-    if isinstance(lm, list):
-        return {int(c["id"]): str(c.get("name", c["id"])) for c in lm}
-    return {int(k): str(v) for k, v in lm.items()}
-
-
 class ModuleRunner(Runner):
     """An in-memory model wrapped in `Detector`/`Classifier` (the exact graph that is exported).
 
     Mixed sizes are resized and padded image by image and then run as one batch."""
 
-    def __init__(self, module, meta: dict):
+    def __init__(self, module, meta: ModelMeta):
         import tensorflow as tf
 
         self.module = module
         self.meta = meta
-        self.task = meta.get("task", "detection")
-        self.label_map = _meta_label_map(meta)
         self.image_size = tuple(module.image_size)
         self._tf = tf
 
@@ -154,9 +153,7 @@ class SavedModelRunner(Runner):
         self._loaded = tf.saved_model.load(str(self.path))
         self._fn = self._loaded.signatures["serving_default"]
         self.meta = _sidecar_meta(self.path)
-        self.task = self.meta.get("task", "detection")
-        self.label_map = _meta_label_map(self.meta)
-        self.image_size = tuple(self.meta.get("input_size") or (0, 0))
+        self.image_size = self.meta.input_hw
         self._tf = tf
 
     def run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -178,19 +175,18 @@ class OnnxRunner(Runner):
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
         self.meta = _sidecar_meta(self.path.parent)
-        self.task = self.meta.get("task", "detection")
-        self.label_map = _meta_label_map(self.meta)
-        self.image_size = tuple(self.meta.get("input_size") or (0, 0))
+        self.image_size = self.meta.input_hw
 
     def run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
         values = self._session.run(self._outputs, {self._input: images.astype(np.uint8)})
         return dict(zip(self._outputs, values))
 
 
-def _sidecar_meta(directory: Path) -> dict:
-    """model.json written beside an export (task, label map, input size)."""
-    path = Path(directory) / "model.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _sidecar_meta(directory: Path) -> ModelMeta:
+    """The `ModelMeta` written beside an export (task, label map, input size)."""
+    from efficientdet.models.artifact import read_meta
+
+    return read_meta(str(directory))
 
 
 # Post-processing when neither the caller nor the artifact's model.json "postprocess" says.
@@ -198,61 +194,60 @@ DEFAULT_POSTPROCESS = {"nms": "hard", "max_detections": 100, "score_threshold": 
                        "iou_threshold": 0.5, "pre_nms_topk": 5000, "soft_nms_sigma": 0.25}
 
 
-def postprocess_settings(meta: dict, **options) -> dict:
+def postprocess_settings(meta: ModelMeta, **options) -> dict:
     """Detector options: explicit ones (not None) over the artifact's ``postprocess`` (e.g.
     automl's, written by `effdet models import`) over `DEFAULT_POSTPROCESS`."""
     given = {k: v for k, v in options.items() if v is not None}
-    return {**DEFAULT_POSTPROCESS, **(meta.get("postprocess") or {}), **given}
+    return {**DEFAULT_POSTPROCESS, **(meta.postprocess or {}), **given}
 
 
-def served_module(model, meta: dict, **options):
-    """Wrap a pure model from an artifact in `Detector` or `Classifier` per meta["task"];
+def served_module(model, meta: ModelMeta, **options):
+    """Wrap a pure model from an artifact in `Detector` or `Classifier` per its task;
     OPTIONS are `Detector` post-processing options (see `postprocess_settings`)."""
     from efficientdet.inference.detector import Classifier, Detector
 
-    task = meta.get("task", "detection")
-    if task == "classification":
-        return Classifier(model, image_size=meta["image_size"])
-    if task != "detection":
-        raise ValueError(f"model.json: unknown task {task!r}")
+    if not meta.is_detector:
+        return Classifier(model, image_size=meta.image_size)
     from efficientdet.detection.anchors import Anchors
 
-    anchors = Anchors.from_config(model_config(meta), image_size=meta["image_size"])
-    return Detector(model, image_size=meta["image_size"], num_classes=int(meta["num_classes"]),
+    anchors = Anchors.from_config(meta.model_config(), image_size=meta.image_size)
+    return Detector(model, image_size=meta.image_size, num_classes=meta.num_classes,
                     anchors=anchors, **postprocess_settings(meta, **options))
-
-
-def model_config(meta: dict):
-    """The model config an artifact was built with (variant + overrides from model.json)."""
-    from efficientdet.models.configs import get_config
-
-    # Overrides are build_model arguments; sync_bn changes training only, not the config.
-    overrides = {k: v for k, v in (meta.get("overrides") or {}).items() if k != "sync_bn"}
-    return get_config(meta["model"], **overrides)
 
 
 def load_runner(uri: str, *, nms: str | None = None, **detector_options) -> Runner:
     """A runner for a model URI: an artifact dir (model.json + weights), an exported SavedModel
     dir, or an .onnx file (s3:// URIs are fetched to a local cache first). Artifacts use NMS
     (and DETECTOR_OPTIONS) as given, else their model.json's "postprocess", else hard NMS."""
-    local = Path(fetch_local(uri))
-    if local.is_file() and local.suffix == ".onnx":
-        return OnnxRunner(local)
-    if local.is_dir() and (local / SAVED_MODEL_FILE).is_file():
-        return SavedModelRunner(local)
-    if local.is_dir() and (local / "model.onnx").is_file() and not (local / "model.weights.h5").exists():
-        return OnnxRunner(local / "model.onnx")
-    if local.is_dir() and (local / "model.json").is_file():
-        from efficientdet.models.artifact import load_artifact
+    from efficientdet.models.artifact import META_FILE, WEIGHTS_FILE
 
-        model, meta = load_artifact(str(local))
-        return ModuleRunner(served_module(model, meta, nms=nms, **detector_options), meta)
+    with _local_model(uri) as local:  # every runner holds its model in memory once built
+        if local.is_file() and local.suffix == ".onnx":
+            return OnnxRunner(local)
+        if local.is_dir() and (local / SAVED_MODEL_FILE).is_file():
+            return SavedModelRunner(local)
+        if (local.is_dir() and (local / "model.onnx").is_file()
+                and not (local / WEIGHTS_FILE).exists()):
+            return OnnxRunner(local / "model.onnx")
+        if local.is_dir() and (local / META_FILE).is_file():
+            from efficientdet.models.artifact import load_artifact
+
+            model, meta = load_artifact(str(local))
+            return ModuleRunner(served_module(model, meta, nms=nms, **detector_options), meta)
     raise ValueError(f"--model {uri}: not a model artifact (model.json + model.weights.h5), an "
                      f"exported SavedModel ({SAVED_MODEL_FILE}) or an .onnx file")
 
 
-def fetch_local(uri: str) -> str:
-    """Local path for a URI; s3:// objects/prefixes are downloaded to a temp cache."""
+@contextmanager
+def _local_model(uri: str):
+    """A local path for a model URI; an s3:// copy lives in a temp dir removed on exit."""
     from efficientdet import storage
 
-    return str(storage.sync_to_local(str(uri)))
+    if not storage.is_remote(uri):
+        yield storage.sync_to_local(uri)
+        return
+    tmp = tempfile.mkdtemp(prefix="effdet-model-")
+    try:
+        yield storage.sync_to_local(str(uri), tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,7 +1,8 @@
 """The model artifact: what ``--model URI`` points at, local or s3://.
 
-A directory with ``model.json`` (how to rebuild the model: ``task``, ``model``, ``num_classes``,
-``image_size``, ``label_map``, ``overrides``, ``training`` summary) and ``model.weights.h5``
+A directory with ``model.json`` (a `ModelMeta`: how to rebuild the model, ``task``, ``model``,
+``num_classes``, ``image_size``, ``label_map``, ``overrides``, ``training`` summary) and
+``model.weights.h5``
 (EMA weights when training kept an EMA). Loading rebuilds the architecture with
 ``models.build_model`` from ``model.json`` and loads the weights, so no Python objects are
 pickled and the format survives Keras upgrades that keep variable structure.
@@ -11,54 +12,49 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from efficientdet import storage
+from efficientdet.models.model_meta import ModelMeta, ModelMetaError
 
 META_FILE = "model.json"
 WEIGHTS_FILE = "model.weights.h5"
-FORMAT_VERSION = 1
-REQUIRED_KEYS = ("task", "model", "num_classes", "image_size")
 
 
 class ArtifactError(ValueError):
     """A model artifact is missing or malformed; the message names the URI."""
 
 
-def _check_meta(meta: dict, where: str) -> None:
-    missing = [k for k in REQUIRED_KEYS if meta.get(k) is None]
-    if missing:
-        raise ArtifactError(f"{where}: model.json lacks {', '.join(missing)}")
-    if meta["task"] not in ("detection", "classification"):
-        raise ArtifactError(f"{where}: model.json task must be detection or classification, "
-                            f"got {meta['task']!r}")
-
-
-def save_artifact(model, meta: dict, uri: str) -> str:
+def save_artifact(model, meta: ModelMeta | Mapping, uri: str) -> str:
     """Write ``model.json`` + ``model.weights.h5`` to the directory ``uri``; returns ``uri``.
 
-    ``meta`` needs ``task``, ``model``, ``num_classes``, ``image_size``; ``label_map``,
-    ``overrides`` and ``training`` are optional. Weights go first, the JSON last, so a reader that
-    finds model.json finds complete weights.
+    ``meta`` is a `ModelMeta` or its dict form. Weights go first, the JSON last, so a reader
+    that finds model.json finds complete weights.
     """
     uri = str(uri)
-    meta = dict(meta)
-    meta.setdefault("label_map", None)
-    meta.setdefault("overrides", {})
-    meta.setdefault("training", {})
-    meta["format_version"] = FORMAT_VERSION
-    _check_meta(meta, uri)
+    meta = _as_meta(meta, uri)
     with tempfile.TemporaryDirectory(prefix="effdet-artifact-") as tmp:
         weights = Path(tmp) / WEIGHTS_FILE
         model.save_weights(str(weights))
-        (Path(tmp) / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        (Path(tmp) / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True,
+                                                      default=str))
         storage.upload_file(weights, storage.join(uri, WEIGHTS_FILE))
         storage.upload_file(Path(tmp) / META_FILE, storage.join(uri, META_FILE))
     return uri
 
 
-def read_meta(uri: str) -> dict:
-    """The ``model.json`` of an artifact."""
+def _as_meta(meta: ModelMeta | Mapping, where: str) -> ModelMeta:
+    if isinstance(meta, ModelMeta):
+        return meta
+    try:
+        return ModelMeta.from_dict(meta, where)
+    except ModelMetaError as exc:
+        raise ArtifactError(str(exc)) from None
+
+
+def read_meta(uri: str) -> ModelMeta:
+    """The `ModelMeta` of an artifact (or export) directory, from its ``model.json``."""
     meta_uri = storage.join(str(uri), META_FILE)
     try:
         text = storage.read_text(meta_uri)
@@ -69,23 +65,19 @@ def read_meta(uri: str) -> dict:
         meta = json.loads(text)
     except ValueError as exc:
         raise ArtifactError(f"{meta_uri}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"{meta_uri}: must hold a JSON object")
-    _check_meta(meta, str(uri))
-    return meta
+    return _as_meta(meta, str(uri))
 
 
-def load_artifact(uri: str, cache_dir: str | None = None):
+def load_artifact(uri: str, cache_dir: str | None = None) -> tuple[object, ModelMeta]:
     """Rebuild the model described by ``model.json`` and load its weights -> (model, meta)."""
     from efficientdet.models import build_model
 
     uri = str(uri)
     meta = read_meta(uri)
     try:
-        model = build_model(meta["model"], int(meta["num_classes"]), int(meta["image_size"]),
-                            **(meta.get("overrides") or {}))
+        model = build_model(meta.model, meta.num_classes, meta.image_size, **meta.overrides)
     except (TypeError, ValueError) as exc:
-        raise ArtifactError(f"{uri}: cannot rebuild {meta['model']!r} from model.json ({exc})") \
+        raise ArtifactError(f"{uri}: cannot rebuild {meta.model!r} from model.json ({exc})") \
             from exc
     weights_uri = storage.join(uri, WEIGHTS_FILE)
     with tempfile.TemporaryDirectory(prefix="effdet-artifact-", dir=cache_dir) as tmp:
@@ -97,6 +89,6 @@ def load_artifact(uri: str, cache_dir: str | None = None):
         try:
             model.load_weights(str(local))
         except (ValueError, KeyError, OSError) as exc:
-            raise ArtifactError(f"{weights_uri}: weights do not fit {meta['model']} "
+            raise ArtifactError(f"{weights_uri}: weights do not fit {meta.model} "
                                 f"({exc})") from exc
     return model, meta

@@ -55,7 +55,7 @@ def artifact_task(path: Path) -> str | None:
 
     if not (path.is_dir() and (path / META_FILE).is_file()):
         return None
-    return read_meta(str(path))["task"]
+    return read_meta(str(path)).task
 
 
 def check_init(config: dict) -> None:
@@ -109,8 +109,8 @@ def load_model_init(model, config: dict, uri: str) -> dict:
             raise ConfigError(f"config key 'init.model': {uri} is a {task} model, this run "
                               f"trains {config['task']} (use init.backbone for a backbone)")
         source, meta = load_artifact(str(local))
-    if meta["model"] != config["model"]:
-        raise ConfigError(f"config key 'init.model': {uri} is {meta['model']}, this run "
+    if meta.model != config["model"]:
+        raise ConfigError(f"config key 'init.model': {uri} is {meta.model}, this run "
                           f"trains {config['model']}")
     head = CLASS_LAYERS[task]
     theirs = _named_variables(source)
@@ -134,10 +134,10 @@ def load_model_init(model, config: dict, uri: str) -> dict:
     for variable, value in pairs:
         variable.assign(value)
     log.info("init.model %s: loaded %d variables; re-initialised %s (%d -> %d classes)",
-             uri, len(pairs), ", ".join(reinit) or "nothing", int(meta["num_classes"]),
+             uri, len(pairs), ", ".join(reinit) or "nothing", meta.num_classes,
              int(config["num_classes"]))
     return {"source": str(uri), "loaded": len(pairs), "reinitialised": reinit,
-            "source_classes": int(meta["num_classes"])}
+            "source_classes": meta.num_classes}
 
 
 def is_automl_h5(path: Path) -> bool:

@@ -114,9 +114,10 @@ def _schedule_lengths(config: dict, world_size: int) -> dict:
     global_batch = batch * world_size
     num_examples = config["data"]["num_examples"]
     if num_examples is None:
-        from efficientdet.data.pipelines import count_records
+        from efficientdet.data.dataset import ConvertedDataset
 
-        num_examples = count_records(config["data"]["train"], config["data"]["cache_dir"])
+        with ConvertedDataset.open(config["data"]["train"], config["data"]["cache_dir"]) as data:
+            num_examples = data.num_examples  # from report.json, no shard is read
     steps_per_epoch = max(1, num_examples // global_batch)
     total = config["train"]["steps"] or max(1, math.ceil(config["train"]["epochs"]
                                                          * steps_per_epoch))

@@ -5,54 +5,14 @@ The loop in ``training.loop`` is task-agnostic; it asks a task for these pieces.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 
 import tensorflow as tf
 
-from efficientdet import storage
+from efficientdet.data.dataset import ConvertedDataset, DatasetError
+from efficientdet.data.label_map import LabelMapError
+from efficientdet.data.shards import LABEL_MAP_NAME
 from efficientdet.training.config import ConfigError
-
-LABEL_MAP = "label_map.json"
-
-
-def dataset_dir(pattern: str) -> str:
-    """The converted dataset directory of a directory, prefix or shard glob."""
-    pattern = str(pattern).split(",")[0].strip()
-    last = pattern.rstrip("/").rsplit("/", 1)[-1]
-    if any(c in last for c in "*?[") or last.endswith(".tfrecord"):
-        return pattern.rstrip("/").rsplit("/", 1)[0] if "/" in pattern else "."
-    return pattern.rstrip("/")
-
-
-def read_label_map(pattern: str) -> dict | None:
-    """The dataset's ``label_map.json`` or None when there is none; a label map that cannot
-    be read or parsed is an error naming it (not "missing": storage may just be down)."""
-    uri = storage.join(dataset_dir(pattern), LABEL_MAP)
-    try:
-        if not storage.exists(uri):
-            return None
-        label_map = json.loads(storage.read_text(uri))
-    except FileNotFoundError:
-        return None
-    except ValueError as exc:
-        raise ConfigError(f"{uri}: not a valid label map ({exc})") from None
-    if not isinstance(label_map, dict) or not isinstance(label_map.get("classes", []), list):
-        raise ConfigError(f"{uri}: not a label map (expected {{\"classes\": [...]}})")
-    return label_map
-
-
-def num_classes_from_label_map(task: str, label_map: dict, where: str) -> int:
-    classes = label_map.get("classes") or []
-    if not classes:
-        raise ConfigError(f"{where}: label_map.json lists no classes")
-    if task == "detection":
-        ids = [c.get("id") if isinstance(c, dict) else None for c in classes]
-        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in ids):
-            raise ConfigError(f"{where}: label_map.json class ids must be integers >= 1")
-        return max(ids)  # class index = category_id - 1
-    return len(classes)
 
 
 def check_overrides(name: str, overrides: dict) -> None:
@@ -87,17 +47,17 @@ class Task:
             kind = "an EfficientDet" if self.name == "detection" else "an EfficientNet"
             raise ConfigError(f"task {self.name!r} needs {kind} model, got {config['model']!r}")
         out = dict(config)
-        train = dataset_dir(config["data"]["train"])
-        if not storage.is_remote(train) and not os.path.isdir(train):
-            raise ConfigError(f"config key 'data.train': {train}: no such dataset directory")
-        label_map = read_label_map(config["data"]["train"])
-        if out["num_classes"] is None:
-            if label_map is None:
-                raise ConfigError(
-                    f"num_classes is not set and {config['data']['train']} has no {LABEL_MAP}")
-            out["num_classes"] = num_classes_from_label_map(self.name, label_map,
-                                                            config["data"]["train"])
-        out["label_map"] = label_map
+        train = config["data"]["train"]
+        try:
+            label_map = ConvertedDataset.open(train).label_map
+            if out["num_classes"] is None:
+                if label_map is None:
+                    raise ConfigError(
+                        f"num_classes is not set and {train} has no {LABEL_MAP_NAME}")
+                out["num_classes"] = label_map.num_classes(self.name, where=train)
+        except (FileNotFoundError, DatasetError, LabelMapError) as exc:
+            raise ConfigError(f"config key 'data.train': {exc}") from None
+        out["label_map"] = label_map.to_dict() if label_map else None
         if out["image_size"] is None:
             out["image_size"] = int(cfg.image_size)
         elif is_detector and out["image_size"] % 2 ** cfg.max_level:
