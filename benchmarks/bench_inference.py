@@ -33,10 +33,10 @@ def main() -> None:
     from efficientdet.inference.benchmark import benchmark_runner, format_rows
     from efficientdet.inference.runners import SavedModelRunner
     from efficientdet.models import build_model
+    from efficientdet.models.model_meta import ModelMeta
 
     model = build_model(args.model, args.num_classes, args.image_size)
-    meta = {"task": "detection", "model": args.model, "num_classes": args.num_classes,
-            "image_size": args.image_size, "label_map": None, "overrides": {}}
+    meta = ModelMeta("detection", args.model, args.num_classes, args.image_size)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         t0 = time.perf_counter()
         export_saved_model(model, meta, f"{tmp}/sm")

@@ -66,9 +66,9 @@ def _build(case: str, impl: str):
         return lambda: tf.nest.map_structure(lambda t: t.numpy(), forward(images))
     if "_e2e_" in case:
         from efficientdet.inference.runners import served_module
+        from efficientdet.models.model_meta import ModelMeta
 
-        meta = {"task": "detection", "model": "efficientdet-d0", "num_classes": 90,
-                "image_size": size}
+        meta = ModelMeta("detection", "efficientdet-d0", 90, size)
         module = served_module(model, meta, nms="hard")
         pictures = tf.constant(rng.integers(0, 256, (batch, 480, 640, 3)).astype("uint8"))
         return lambda: {k: v.numpy() for k, v in module.serve_images(pictures).items()}

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from efficientdet.data.dataset import ConvertedDataset
 from efficientdet.evaluation.evaluate import evaluate_runner
 
 
 def parity_check(source_runner, exported_runner, data_uri: str, *, max_ap_drop: float = 0.01,
                  max_images: int | None = None, batch_size: int = 8) -> dict[str, Any]:
-    source = evaluate_runner(source_runner, data_uri, batch_size=batch_size,
-                             max_images=max_images)["result"]
-    exported = evaluate_runner(exported_runner, data_uri, batch_size=batch_size,
-                               max_images=max_images)["result"]
+    with ConvertedDataset.open(data_uri) as dataset:  # s3:// shards are fetched once for both
+        source, exported = (
+            evaluate_runner(runner, data_uri, batch_size=batch_size, max_images=max_images,
+                            dataset=dataset)["result"]
+            for runner in (source_runner, exported_runner))
     metric = "AP" if source["task"] == "detection" else "top1"
     drop = source["metrics"][metric] - exported["metrics"][metric]
     return {"metric": metric, "source": source["metrics"][metric],
