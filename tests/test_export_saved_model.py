@@ -233,7 +233,7 @@ def test_real_d0_artifact_export_matches_in_fresh_process(tmp_path):
     for v in model.trainable_variables:  # spread the class/box head outputs
         if "class" in v.path or "box" in v.path:
             v.assign(v.numpy() + rng.normal(0, 0.05, v.shape).astype("float32"))
-    meta = dict(tiny_meta(), model="efficientdet-d0")
+    meta = tiny_meta()  # already efficientdet-d0
     save_artifact(model, meta, str(tmp_path / "artifact"))
     out = tmp_path / "export"
     assert main(["export", "--model", str(tmp_path / "artifact"), "--output", str(out)]) == 0
