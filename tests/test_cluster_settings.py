@@ -111,6 +111,31 @@ def test_configmap_manifests_use_exactly_the_known_keys():
     assert set(SETTING_KEYS.values()) <= set(data[files[0]])
 
 
+def test_mpijob_backend_takes_cluster_defaults_from_the_settings_configmap(monkeypatch):
+    monkeypatch.setenv("POD_NAMESPACE", "team-b")
+    settings = ClusterSettings.from_env(CLUSTER_ENV).with_step_parameters(
+        workers=0, gpus_per_worker=-1, train_image="")
+    spec = launcher.backend_for("mpijob", settings, run_id="r", kfp_task="train").spec(
+        ["--config", "x"], {})
+    assert (spec.workers, spec.gpus_per_worker, spec.ranks) == (3, 2, 6)
+    assert (spec.image, spec.cpu, spec.memory) == ("reg/effdet-train:2", "8", "32Gi")
+    assert spec.node_selector == {"pool": "a100"}
+    assert [t["key"] for t in spec.tolerations] == ["dedicated", "nvidia.com/gpu"]
+    assert {s.secret for s in spec.secret_env} == {"effdet-s3"}
+    m = mpijob.build_manifest(spec)
+    assert m["spec"]["sshAuthMountPath"] == "/home/mpiuser/.ssh"
+    worker = m["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert worker["serviceAccountName"] == "effdet-training"
+    assert worker["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"}}
+    # explicit parameters win over the cluster's defaults
+    settings = ClusterSettings.from_env(CLUSTER_ENV).with_step_parameters(
+        workers=1, gpus_per_worker=0, train_image="mine:1", worker_cpu="2")
+    spec = launcher.backend_for("mpijob", settings, run_id="r", kfp_task="train").spec([], {})
+    assert (spec.workers, spec.gpus_per_worker, spec.image, spec.cpu) == (1, 0, "mine:1", "2")
+
+
 # -- the one K=V parser ------------------------------------------------------------------------
 def test_key_value_parsing_and_errors():
     assert key_value.parse_pair(" a =b=c", "--env") == ("a", "b=c")

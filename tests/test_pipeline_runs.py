@@ -205,44 +205,6 @@ def test_mpijob_training_refuses_paths_other_pods_cannot_see(monkeypatch):
                     data_uris=("s3://b/train",))
 
 
-CLUSTER_ENV = {
-    "EFFDET_MPI_WORKERS": "3", "EFFDET_MPI_GPUS_PER_WORKER": "2",
-    "EFFDET_MPI_SERVICE_ACCOUNT": "effdet-training", "EFFDET_MPI_RUN_AS_USER": "1000",
-    "EFFDET_MPI_SSH_AUTH_MOUNT_PATH": "/home/mpiuser/.ssh",
-    "EFFDET_MPI_NODE_SELECTOR": '{"pool": "a100"}',
-    "EFFDET_MPI_TOLERATIONS": '[{"key": "dedicated", "operator": "Equal", '
-                              '"value": "ml", "effect": "NoSchedule"}]',
-    "EFFDET_MPI_WORKER_CPU": "8", "EFFDET_MPI_WORKER_MEMORY": "32Gi",
-    "EFFDET_TRAIN_IMAGE": "reg/effdet-train:2", "EFFDET_S3_SECRET_NAME": "effdet-s3"}
-
-
-def test_mpijob_backend_takes_cluster_defaults_from_the_settings_configmap(monkeypatch):
-    from efficientdet.pipeline import mpijob
-
-    monkeypatch.setenv("POD_NAMESPACE", "team-b")
-    settings = ClusterSettings.from_env(CLUSTER_ENV).with_step_parameters(
-        workers=0, gpus_per_worker=-1, train_image="")
-    spec = launcher.backend_for("mpijob", settings, run_id="r", kfp_task="train").spec(
-        ["--config", "x"], {})
-    assert (spec.workers, spec.gpus_per_worker, spec.ranks) == (3, 2, 6)
-    assert (spec.image, spec.cpu, spec.memory) == ("reg/effdet-train:2", "8", "32Gi")
-    assert spec.node_selector == {"pool": "a100"}
-    assert [t["key"] for t in spec.tolerations] == ["dedicated", "nvidia.com/gpu"]
-    assert {s.secret for s in spec.secret_env} == {"effdet-s3"}
-    m = mpijob.build_manifest(spec)
-    assert m["spec"]["sshAuthMountPath"] == "/home/mpiuser/.ssh"
-    worker = m["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
-    assert worker["serviceAccountName"] == "effdet-training"
-    assert worker["securityContext"] == {
-        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-        "seccompProfile": {"type": "RuntimeDefault"}}
-    # explicit parameters win over the cluster's defaults
-    settings = ClusterSettings.from_env(CLUSTER_ENV).with_step_parameters(
-        workers=1, gpus_per_worker=0, train_image="mine:1", worker_cpu="2")
-    spec = launcher.backend_for("mpijob", settings, run_id="r", kfp_task="train").spec([], {})
-    assert (spec.workers, spec.gpus_per_worker, spec.image, spec.cpu) == (1, 0, "mine:1", "2")
-
-
 def test_mpijob_backend_needs_a_training_image():
     with pytest.raises(ValueError, match="no training image: set EFFDET_TRAIN_IMAGE"):
         launcher.backend_for("mpijob", ClusterSettings.from_env({}), run_id="r", kfp_task="t")
