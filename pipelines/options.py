@@ -16,6 +16,7 @@ from efficientdet.credentials import no_credentials
 from efficientdet.pipeline.cluster_settings import (
     CONFIG_KEYS,
     CONFIG_MAP_NAME,
+    GPU_RESOURCE,
     MLFLOW_SECRET_KEYS,
     MLFLOW_SECRET_NAME,
     S3_SECRET_KEYS,
@@ -32,7 +33,7 @@ class ClusterOptions:
     mlflow_secret: str | None = MLFLOW_SECRET_NAME
     mlflow_tracking_uri: str | None = None  # overrides the ConfigMap's value
     s3_endpoint_url: str | None = None
-    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_type: str = GPU_RESOURCE
     # GPUs of the training step's own pod: used when it trains in-pod (launcher="local" in a
     # cluster); set 0 when every training run goes through an MPIJob.
     train_step_gpus: int = 1

@@ -11,6 +11,7 @@ from efficientdet.cli import UsageError
 from efficientdet.model_tasks import TASKS as PIPELINES
 from efficientdet.pipeline.cluster_settings import (
     CONFIG_MAP_NAME,
+    GPU_RESOURCE,
     MLFLOW_SECRET_NAME,
     S3_SECRET_NAME,
     SETTING_KEYS,
@@ -38,7 +39,7 @@ def register(sub) -> None:
                            help="S3 endpoint for the steps (default: the ConfigMap's, else AWS)")
             q.add_argument("--train-step-gpus", type=v.arg(v.NonNegativeInt), default=1,
                            help="GPUs of the training step's own pod (0 when only MPIJobs train)")
-            q.add_argument("--accelerator", default="nvidia.com/gpu", help="accelerator type")
+            q.add_argument("--accelerator", default=GPU_RESOURCE, help="accelerator type")
             q.add_argument("--gpu-node-selector", default="",
                            help="k=v[,k=v] node selector of the training step")
 

@@ -22,6 +22,8 @@ from efficientdet import validation as v
 CONFIG_MAP_NAME = "effdet-pipeline-env"
 S3_SECRET_NAME = "effdet-s3"
 MLFLOW_SECRET_NAME = "effdet-mlflow"
+# The GPU resource (and node taint) of the cluster's device plugin.
+GPU_RESOURCE = "nvidia.com/gpu"
 
 # Keys of the Secrets; each becomes the environment variable of the same name.
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")

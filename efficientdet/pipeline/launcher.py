@@ -20,6 +20,7 @@ from typing import Protocol
 
 from efficientdet.pipeline import mpijob
 from efficientdet.pipeline.cluster_settings import (
+    GPU_RESOURCE,
     MLFLOW_SECRET_KEYS,
     S3_SECRET_KEYS,
     SERVICE_KEYS,
@@ -112,7 +113,7 @@ def pod_identity(environ: Mapping[str, str] | None = None,
     return namespace or "kubeflow", ((name, uid) if name and uid else None)
 
 
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
 
 @dataclass

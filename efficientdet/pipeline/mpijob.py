@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from efficientdet import validation as v
-from efficientdet.pipeline.cluster_settings import DEFAULTS
+from efficientdet.pipeline.cluster_settings import DEFAULTS, GPU_RESOURCE
 
 GROUP = "kubeflow.org"
 VERSION = "v2beta1"
@@ -67,7 +67,7 @@ class MPIJobSpec:
     memory: str = DEFAULTS.worker_memory
     launcher_cpu: str = "1"
     launcher_memory: str = "2Gi"
-    gpu_resource: str = "nvidia.com/gpu"
+    gpu_resource: str = GPU_RESOURCE
     shm_size: str = DEFAULTS.shm_size
     tolerations: list[dict] = field(default_factory=list)
     node_selector: dict[str, str] = field(default_factory=dict)
