@@ -1,8 +1,9 @@
 """Where distributed training runs: an MPIJob in a cluster, `horovodrun --gloo` on one machine.
 
 The training step builds one `effdet train ...` command and hands it to a backend; the backend
-decides how ranks are started, from the cluster's settings (`cluster_settings`). Both backends stream the training log into the step's log and
-raise `LaunchError` with the last lines when training fails.
+decides how ranks are started, from the cluster's settings (`cluster_settings`). Both backends
+stream the training log into the step's log and raise `LaunchError` with the last lines when
+training fails.
 """
 
 from __future__ import annotations
