@@ -19,6 +19,8 @@ def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Da
     init_from: a backbone or whole-model URI (artifact, models:/NAME@ALIAS, checkpoint)."""
     from efficientdet.pipeline import runs
     from efficientdet.pipeline import steps as st
+    from efficientdet.pipeline.cluster_settings import ClusterSettings
+    from efficientdet.pipeline.launcher import backend_for
     from efficientdet.training.initialization import init_overrides
 
     train_uri = train_data.metadata.get("uri") or train_data.path
@@ -29,11 +31,13 @@ def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Da
                              model=model_name, image_size=image_size, steps=steps, epochs=epochs,
                              batch_size=batch_size, amp=amp, xla=xla,
                              init=init_overrides(init_from, task), extra=[f"task={task}"])
-        backend = st.make_backend(launcher, workers=workers, gpus_per_worker=gpus_per_worker,
-                                  image=train_image, run_id=kfp_run_id, task=kfp_task,
-                                  cpu=worker_cpu, memory=worker_memory, node_selector=node_selector,
-                                  s3_secret=s3_secret, mlflow_secret=mlflow_secret,
-                                  cleanup=cleanup, deadline_s=deadline_seconds)
+        cluster = ClusterSettings.from_env().with_step_parameters(
+            workers=workers, gpus_per_worker=gpus_per_worker, train_image=train_image,
+            worker_cpu=worker_cpu, worker_memory=worker_memory, node_selector=node_selector,
+            s3_secret=s3_secret)
+        backend = backend_for(launcher, cluster, run_id=kfp_run_id, kfp_task=kfp_task,
+                              mlflow_secret=mlflow_secret, cleanup=cleanup,
+                              deadline_s=deadline_seconds)
         result, md = st.train(args, out, backend, data_uris=(train_uri, val_uri))
     model.metadata.update({"uri": result["model_uri"], "task": task,
                            "mlflow_run_id": result.get("mlflow_run_id") or ""})

@@ -3,9 +3,8 @@ them locally. `build(task, options)` returns the pipeline function for one task.
 
 from __future__ import annotations
 
+from efficientdet.model_tasks import TASKS
 from pipelines.options import ClusterOptions
-
-TASKS = ("detection", "classification")
 
 
 def build(task: str, options: ClusterOptions | None = None):

@@ -2,7 +2,8 @@
 
 Runtime choices (model, data, epochs, workers, thresholds...) are pipeline parameters set in the
 UI; what has to be fixed in the compiled YAML (Secret names, the step's accelerator, the
-tracking endpoint) lives here."""
+tracking endpoint) lives here. The ConfigMap's keys and the Secrets' key names come from
+`efficientdet.pipeline.cluster_settings`, which reads the same keys when a step runs."""
 
 from __future__ import annotations
 
@@ -12,30 +13,27 @@ from kfp import dsl
 from kfp import kubernetes as k8s
 
 from efficientdet.credentials import no_credentials
-
-S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-# Keys of the cluster's settings ConfigMap (manifests/base/pipeline/pipeline-env.yaml); each is
-# optional, so a cluster sets only what differs from the defaults.
-CONFIG_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "AWS_ENDPOINT_URL",
-               "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "EFFDET_S3_ADDRESSING_STYLE",
-               "EFFDET_S3_SECRET_NAME", "EFFDET_TRAIN_IMAGE", "EFFDET_MPI_WORKERS",
-               "EFFDET_MPI_GPUS_PER_WORKER", "EFFDET_MPI_SERVICE_ACCOUNT",
-               "EFFDET_MPI_SSH_AUTH_MOUNT_PATH", "EFFDET_MPI_RUN_AS_USER",
-               "EFFDET_MPI_NODE_SELECTOR", "EFFDET_MPI_TOLERATIONS", "EFFDET_MPI_WORKER_CPU",
-               "EFFDET_MPI_WORKER_MEMORY", "EFFDET_MPI_SHM_SIZE")
-MLFLOW_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+from efficientdet.pipeline.cluster_settings import (
+    CONFIG_KEYS,
+    CONFIG_MAP_NAME,
+    GPU_RESOURCE,
+    MLFLOW_SECRET_KEYS,
+    MLFLOW_SECRET_NAME,
+    S3_SECRET_KEYS,
+    S3_SECRET_NAME,
+)
 
 
 @dataclass
 class ClusterOptions:
     """None/empty fields are left out of the compiled pipeline (what `run-local` uses)."""
 
-    config_map: str | None = "effdet-pipeline-env"  # the cluster's non-secret settings
-    s3_secret: str | None = "effdet-s3"
-    mlflow_secret: str | None = "effdet-mlflow"
+    config_map: str | None = CONFIG_MAP_NAME  # the cluster's non-secret settings (CONFIG_KEYS)
+    s3_secret: str | None = S3_SECRET_NAME
+    mlflow_secret: str | None = MLFLOW_SECRET_NAME
     mlflow_tracking_uri: str | None = None  # overrides the ConfigMap's value
     s3_endpoint_url: str | None = None
-    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_type: str = GPU_RESOURCE
     # GPUs of the training step's own pod: used when it trains in-pod (launcher="local" in a
     # cluster); set 0 when every training run goes through an MPIJob.
     train_step_gpus: int = 1
@@ -46,10 +44,10 @@ class ClusterOptions:
 
     def __post_init__(self):
         no_credentials(self.mlflow_tracking_uri or "", "MLflow tracking URI",
-                       f"the Secret {self.mlflow_secret or 'effdet-mlflow'} "
+                       f"the Secret {self.mlflow_secret or MLFLOW_SECRET_NAME} "
                        "(MLFLOW_TRACKING_USERNAME/PASSWORD)")
         no_credentials(self.s3_endpoint_url or "", "S3 endpoint",
-                       f"the Secret {self.s3_secret or 'effdet-s3'}")
+                       f"the Secret {self.s3_secret or S3_SECRET_NAME}")
 
     @classmethod
     def local(cls) -> ClusterOptions:
@@ -76,9 +74,9 @@ def configure(task: dsl.PipelineTask, options: ClusterOptions, *, name: str, cac
         task.set_env_variable("AWS_ENDPOINT_URL", options.s3_endpoint_url)
         task.set_env_variable("MLFLOW_S3_ENDPOINT_URL", options.s3_endpoint_url)
     if options.s3_secret:
-        k8s.use_secret_as_env(task, options.s3_secret, {k: k for k in S3_KEYS})
+        k8s.use_secret_as_env(task, options.s3_secret, {k: k for k in S3_SECRET_KEYS})
     if options.mlflow_secret:
-        k8s.use_secret_as_env(task, options.mlflow_secret, {k: k for k in MLFLOW_KEYS},
+        k8s.use_secret_as_env(task, options.mlflow_secret, {k: k for k in MLFLOW_SECRET_KEYS},
                               optional=True)
     if options.step_timeout_s:
         k8s.set_timeout(task, options.step_timeout_s)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from efficientdet import key_value
 from efficientdet import validation as v
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -32,9 +33,7 @@ def coerce(pipeline, pairs: list[str]) -> dict:
     types = declared(pipeline)
     out: dict = {}
     for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--param {pair!r}: expected NAME=VALUE")
+        name, value = key_value.parse_pair(pair, "--param", "NAME=VALUE")
         if name not in types:
             raise ValueError(f"--param {name}: not a parameter of {pipeline.name} "
                              f"(known: {', '.join(sorted(types))})")

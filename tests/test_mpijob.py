@@ -320,3 +320,37 @@ def test_restarted_launcher_logs_are_streamed_too(kube):
     assert outcome.state == "Succeeded"
     log = [line for line in lines if not line.startswith("[mpijob]")]
     assert log == ["attempt 1", "OSError: worker lost", "attempt 2", "done"]
+
+
+def test_training_backend_creates_its_spec_through_the_shared_client_wiring(kube, monkeypatch):
+    """MPIJobBackend.run -> mpijob.run_job (the wiring `effdet pipeline mpijob` uses too): the
+    server gets exactly the manifest of `spec`, and a failed job is a LaunchError with the
+    launcher's last lines."""
+    from efficientdet.pipeline import launcher
+    from efficientdet.pipeline.cluster_settings import ClusterSettings
+
+    monkeypatch.setenv("POD_NAMESPACE", NS)
+    for key in ("POD_NAME", "POD_UID", "KFP_POD_NAME", "KFP_POD_UID"):
+        monkeypatch.delenv(key, raising=False)
+    lines: list[str] = []
+    backend = launcher.MPIJobBackend(
+        ClusterSettings(train_image="reg/t:1", workers=2), run_id="run-9", kfp_task="train",
+        cleanup="keep", log=lines.append, api_client=kube.api_client())
+    spec = backend.spec(["--config", "x"], {"MLFLOW_TRACKING_URI": "http://m"})
+    name = spec.name
+
+    def script():
+        kube.add_condition(name, "Created")
+        kube.add_pod(f"{name}-launcher-q", name, "launcher")
+        kube.add_condition(name, "Running")
+        kube.append_log(f"{name}-launcher-q", "step 1", "ValueError: boom")
+        kube.set_pod_phase(f"{name}-launcher-q", "Failed")
+        kube.add_condition(name, "Failed", "BackoffLimitExceeded", "launcher failed")
+
+    t = _operator(kube, name, script)
+    with pytest.raises(launcher.LaunchError, match="ValueError: boom"):
+        backend.run(["--config", "x"], env={"MLFLOW_TRACKING_URI": "http://m"})
+    t.join(5)
+    created = kube.jobs[(NS, name)]
+    assert created["spec"] == build_manifest(spec)["spec"]
+    assert "step 1" in lines

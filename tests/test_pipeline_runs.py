@@ -10,6 +10,7 @@ import pytest
 
 from efficientdet import tracking
 from efficientdet.pipeline import launcher, runs, steps
+from efficientdet.pipeline.cluster_settings import ClusterSettings
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +147,8 @@ def test_horovodrun_command_and_backend_choice(monkeypatch):
     assert launcher.choose_backend("mpijob") == "mpijob"
     with pytest.raises(ValueError, match="backend 'k8s'"):
         launcher.choose_backend("k8s")
-    backend = steps.make_backend("auto", workers=2, gpus_per_worker=0, image="i", run_id="r",
-                                 task="t")
+    settings = ClusterSettings.from_env({}).with_step_parameters(workers=2, gpus_per_worker=0)
+    backend = launcher.backend_for("auto", settings, run_id="r", kfp_task="t")
     assert isinstance(backend, launcher.LocalHorovodBackend) and backend.np == 2
 
 
@@ -155,9 +156,11 @@ def test_mpijob_backend_spec_uses_downward_api_identity_and_secrets(monkeypatch)
     monkeypatch.setenv("POD_NAME", "train-pod")
     monkeypatch.setenv("POD_UID", "uid-9")
     monkeypatch.setenv("POD_NAMESPACE", "team-a")
-    backend = steps.make_backend("mpijob", workers=2, gpus_per_worker=4, image="reg/t:1",
-                                 run_id="run-1", task="train", node_selector="pool=gpu",
-                                 s3_secret="effdet-s3", mlflow_secret="effdet-mlflow")
+    settings = ClusterSettings.from_env({}).with_step_parameters(
+        workers=2, gpus_per_worker=4, train_image="reg/t:1", node_selector="pool=gpu",
+        s3_secret="effdet-s3")
+    backend = launcher.backend_for("mpijob", settings, run_id="run-1", kfp_task="train",
+                                   mlflow_secret="effdet-mlflow")
     spec = backend.spec(["--config", "x"], {"MLFLOW_TRACKING_URI": "http://m"})
     assert (spec.namespace, spec.owner_pod, spec.ranks) == ("team-a", ("train-pod", "uid-9"), 8)
     assert spec.node_selector == {"pool": "gpu"} and spec.tolerations[0]["key"] == "nvidia.com/gpu"
@@ -195,46 +198,15 @@ def test_export_formats_are_named_when_unknown():
 
 
 def test_mpijob_training_refuses_paths_other_pods_cannot_see(monkeypatch):
-    backend = steps.make_backend("mpijob", workers=2, gpus_per_worker=1, image="i", run_id="r",
-                                 task="t")
+    settings = ClusterSettings(train_image="i", workers=2, gpus_per_worker=1)
+    backend = launcher.backend_for("mpijob", settings, run_id="r", kfp_task="t")
     with pytest.raises(steps.StepError, match="work_uri to an s3:// prefix"):
         steps.train(["--config", "x"], "/minio/mlpipeline/out", backend,
                     data_uris=("s3://b/train",))
 
 
-def test_mpijob_backend_takes_cluster_defaults_from_the_settings_configmap(monkeypatch):
-    from efficientdet.pipeline import mpijob
-
-    for key, value in {
-            "EFFDET_MPI_WORKERS": "3", "EFFDET_MPI_GPUS_PER_WORKER": "2",
-            "EFFDET_MPI_SERVICE_ACCOUNT": "effdet-training", "EFFDET_MPI_RUN_AS_USER": "1000",
-            "EFFDET_MPI_SSH_AUTH_MOUNT_PATH": "/home/mpiuser/.ssh",
-            "EFFDET_MPI_NODE_SELECTOR": '{"pool": "a100"}',
-            "EFFDET_MPI_TOLERATIONS": '[{"key": "dedicated", "operator": "Equal", '
-                                      '"value": "ml", "effect": "NoSchedule"}]',
-            "EFFDET_MPI_WORKER_CPU": "8", "EFFDET_MPI_WORKER_MEMORY": "32Gi",
-            "EFFDET_TRAIN_IMAGE": "reg/effdet-train:2", "EFFDET_S3_SECRET_NAME": "effdet-s3",
-            "POD_NAMESPACE": "team-b"}.items():
-        monkeypatch.setenv(key, value)
-    backend = steps.make_backend("mpijob", workers=0, gpus_per_worker=-1, image="", run_id="r",
-                                 task="train")
-    spec = backend.spec(["--config", "x"], {})
-    assert (spec.workers, spec.gpus_per_worker, spec.ranks) == (3, 2, 6)
-    assert (spec.image, spec.cpu, spec.memory) == ("reg/effdet-train:2", "8", "32Gi")
-    assert spec.node_selector == {"pool": "a100"}
-    assert [t["key"] for t in spec.tolerations] == ["dedicated", "nvidia.com/gpu"]
-    m = mpijob.build_manifest(spec)
-    assert m["spec"]["sshAuthMountPath"] == "/home/mpiuser/.ssh"
-    worker = m["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
-    assert worker["serviceAccountName"] == "effdet-training"
-    assert worker["securityContext"] == {
-        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-        "seccompProfile": {"type": "RuntimeDefault"}}
-    # explicit parameters win over the cluster's defaults
-    spec = steps.make_backend("mpijob", workers=1, gpus_per_worker=0, image="mine:1",
-                              run_id="r", task="train", cpu="2").spec([], {})
-    assert (spec.workers, spec.gpus_per_worker, spec.image, spec.cpu) == (1, 0, "mine:1", "2")
-    monkeypatch.setenv("EFFDET_MPI_NODE_SELECTOR", "pool=a100")
-    with pytest.raises(steps.StepError, match="EFFDET_MPI_NODE_SELECTOR='pool=a100': not JSON"):
-        steps.make_backend("mpijob", workers=1, gpus_per_worker=0, image="i", run_id="r",
-                           task="t")
+def test_mpijob_backend_needs_a_training_image():
+    with pytest.raises(ValueError, match="no training image: set EFFDET_TRAIN_IMAGE"):
+        launcher.backend_for("mpijob", ClusterSettings.from_env({}), run_id="r", kfp_task="t")
+    local = launcher.backend_for("local", ClusterSettings.from_env({}), run_id="r", kfp_task="t")
+    assert local.np == 1  # training on this machine needs no image

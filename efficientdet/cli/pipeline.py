@@ -5,10 +5,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from efficientdet import key_value
 from efficientdet import validation as v
 from efficientdet.cli import UsageError
-
-PIPELINES = ("detection", "classification")
+from efficientdet.model_tasks import TASKS as PIPELINES
+from efficientdet.pipeline.cluster_settings import (
+    CONFIG_MAP_NAME,
+    GPU_RESOURCE,
+    MLFLOW_SECRET_NAME,
+    S3_SECRET_NAME,
+    SETTING_KEYS,
+)
 
 
 def register(sub) -> None:
@@ -20,11 +27,11 @@ def register(sub) -> None:
         q.add_argument("--pipeline", choices=PIPELINES, default="detection",
                        help="which pipeline (default detection)")
         if cluster:
-            q.add_argument("--config-map", default="effdet-pipeline-env",
+            q.add_argument("--config-map", default=CONFIG_MAP_NAME,
                            help="ConfigMap with the cluster's settings, as env ('' = none)")
-            q.add_argument("--s3-secret", default="effdet-s3",
+            q.add_argument("--s3-secret", default=S3_SECRET_NAME,
                            help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY ('' = none)")
-            q.add_argument("--mlflow-secret", default="effdet-mlflow",
+            q.add_argument("--mlflow-secret", default=MLFLOW_SECRET_NAME,
                            help="Secret with MLflow credentials (optional keys; '' = none)")
             q.add_argument("--mlflow-uri", default="",
                            help="MLFLOW_TRACKING_URI for the steps (default: the ConfigMap's)")
@@ -32,7 +39,7 @@ def register(sub) -> None:
                            help="S3 endpoint for the steps (default: the ConfigMap's, else AWS)")
             q.add_argument("--train-step-gpus", type=v.arg(v.NonNegativeInt), default=1,
                            help="GPUs of the training step's own pod (0 when only MPIJobs train)")
-            q.add_argument("--accelerator", default="nvidia.com/gpu", help="accelerator type")
+            q.add_argument("--accelerator", default=GPU_RESOURCE, help="accelerator type")
             q.add_argument("--gpu-node-selector", default="",
                            help="k=v[,k=v] node selector of the training step")
 
@@ -66,26 +73,41 @@ def register(sub) -> None:
     r.set_defaults(handler=run_local)
 
     m = verbs.add_parser("mpijob", help="build (and with a cluster, run) the training MPIJob",
-                         description="Build the MPIJob a training step creates. With --dry-run "
-                                     "print it as YAML; otherwise create it with the current "
-                                     "kubeconfig and follow it. Training args follow `--`.")
+                         description="Build the MPIJob a training step creates, from the same "
+                                     "cluster settings (the EFFDET_* keys of the settings "
+                                     "ConfigMap, read from the environment) and the same "
+                                     "builder; options override single settings. With "
+                                     "--dry-run print it as YAML; otherwise create it with the "
+                                     "current kubeconfig and follow it. Training args follow `--`.")
     m.add_argument("--dry-run", action="store_true", help="print the MPIJob as YAML, create nothing")
     m.add_argument("--run-id", default="manual", help="KFP run id (names the job)")
-    m.add_argument("--task", default="train", help="KFP task name (names the job)")
-    m.add_argument("--namespace", default="kubeflow")
-    m.add_argument("--image", required=True, help="training image")
-    m.add_argument("--workers", type=v.arg(v.PositiveInt), default=1)
-    m.add_argument("--gpus-per-worker", type=v.arg(v.NonNegativeInt), default=0)
-    m.add_argument("--cpu", default="4")
-    m.add_argument("--memory", default="16Gi")
-    m.add_argument("--shm-size", default="8Gi")
-    m.add_argument("--node-selector", default="", help="k=v[,k=v]")
+    m.add_argument("--kfp-task", "--task", dest="kfp_task", default="train",
+                   help="KFP task name (names the job)")
+    m.add_argument("--namespace", help="default: POD_NAMESPACE, else this pod's, else kubeflow")
+
+    def setting(flag: str, name: str, **kw):
+        m.add_argument(flag, dest=name, help=f"default: {SETTING_KEYS[name]}", **kw)
+
+    setting("--image", "train_image")
+    setting("--workers", "workers", type=v.arg(v.PositiveInt))
+    setting("--gpus-per-worker", "gpus_per_worker", type=v.arg(v.NonNegativeInt))
+    setting("--cpu", "worker_cpu")
+    setting("--memory", "worker_memory")
+    setting("--shm-size", "shm_size")
+    setting("--service-account", "service_account")
+    setting("--s3-secret", "s3_secret")
+    m.add_argument("--mlflow-secret", default="",
+                   help="Secret with MLflow credentials (optional keys; default none)")
+    m.add_argument("--node-selector", default="",
+                   help="k=v[,k=v], added to EFFDET_MPI_NODE_SELECTOR")
     m.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
-                   help="e.g. nvidia.com/gpu:NoSchedule (repeatable)")
-    m.add_argument("--env", action="append", default=[], metavar="K=V", help="plain env (repeatable)")
+                   help="e.g. nvidia.com/gpu:NoSchedule (repeatable; added to "
+                        "EFFDET_MPI_TOLERATIONS)")
+    m.add_argument("--env", action="append", default=[], metavar="K=V",
+                   help="plain env (repeatable), added to the tracking/storage env forwarded "
+                        "from this environment")
     m.add_argument("--secret-env", action="append", default=[], metavar="ENV=SECRET:KEY",
                    help="env from a Secret key (repeatable)")
-    m.add_argument("--service-account")
     m.add_argument("--deadline", type=v.arg(v.NonNegativeInt), default=0,
                    help="activeDeadlineSeconds (0 = none)")
     m.add_argument("--backoff-limit", type=v.arg(v.NonNegativeInt), default=0)
@@ -114,12 +136,11 @@ def _pipelines():
 
 
 def _options(args):
-    from efficientdet.pipeline.steps import StepError, parse_selector
     from pipelines.options import ClusterOptions
 
     try:
-        selector = parse_selector(args.gpu_node_selector, "--gpu-node-selector")
-    except StepError as exc:
+        selector = key_value.parse_list(args.gpu_node_selector, "--gpu-node-selector")
+    except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
         return ClusterOptions(
@@ -232,49 +253,60 @@ def run_local(args) -> int:
 
 
 def _toleration(text: str) -> dict:
-    key_value, sep, effect = text.rpartition(":")
-    if not sep or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute") or not key_value:
-        raise UsageError(f"--toleration {text!r}: expected KEY[=VALUE]:NoSchedule|PreferNoSchedule|NoExecute")
-    key, eq, value = key_value.partition("=")
-    return ({"key": key, "operator": "Equal", "value": value, "effect": effect} if eq
-            else {"key": key, "operator": "Exists", "effect": effect})
+    key_value_text, sep, effect = text.rpartition(":")
+    if not sep or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute") \
+            or not key_value_text:
+        raise UsageError(f"--toleration {text!r}: expected "
+                         "KEY[=VALUE]:NoSchedule|PreferNoSchedule|NoExecute")
+    if "=" not in key_value_text:
+        return {"key": key_value_text, "operator": "Exists", "effect": effect}
+    key, value = key_value.parse_pair(key_value_text, "--toleration", "KEY[=VALUE]:EFFECT")
+    return {"key": key, "operator": "Equal", "value": value, "effect": effect}
+
+
+def _secret_env(item: str):
+    from efficientdet.pipeline.mpijob import SecretEnv
+
+    form = "ENV=SECRET:KEY"
+    name, ref = key_value.parse_pair(item, "--secret-env", form)
+    secret, colon, key = ref.partition(":")
+    if not (colon and secret and key):
+        raise key_value.KeyValueError(f"--secret-env {item!r}: expected {form}")
+    return SecretEnv(name, secret, key)
+
+
+def mpijob_backend(args):
+    """The training step's MPIJob backend for these options: the cluster's settings from the
+    environment, each option that is given overriding one setting."""
+    from efficientdet.pipeline.cluster_settings import ClusterSettings
+    from efficientdet.pipeline.launcher import MPIJobBackend
+
+    for option, value in (("--run-id", args.run_id), ("--kfp-task", args.kfp_task)):
+        if not value.strip():
+            raise UsageError(f"{option}: must not be empty (it names the job)")
+    settings = ClusterSettings.from_env().override(
+        **{name: getattr(args, name) for name in (
+            "train_image", "workers", "gpus_per_worker", "worker_cpu", "worker_memory",
+            "shm_size", "service_account", "s3_secret")},
+        node_selector=key_value.parse_list(args.node_selector, "--node-selector"),
+        tolerations=[_toleration(t) for t in args.toleration])
+    return MPIJobBackend(
+        settings, run_id=args.run_id, kfp_task=args.kfp_task, mlflow_secret=args.mlflow_secret,
+        extra_secret_env=[_secret_env(item) for item in args.secret_env],
+        namespace=args.namespace, cleanup=args.cleanup,
+        active_deadline_seconds=args.deadline or None, backoff_limit=args.backoff_limit)
 
 
 def build_mpijob_spec(args):
-    from efficientdet.pipeline import mpijob
-    from efficientdet.pipeline.steps import StepError, parse_selector
+    """The MPIJob spec the training step would build for these options (see mpijob_backend),
+    with the env it forwards from this environment plus --env."""
+    from efficientdet.pipeline.launcher import forwarded_env
 
-    env = {}
-    for pair in args.env:
-        k, sep, v = pair.partition("=")
-        if not sep or not k:
-            raise UsageError(f"--env {pair!r}: expected K=V")
-        env[k] = v
-    secret_env = []
-    for item in args.secret_env:
-        name, sep, ref = item.partition("=")
-        secret, colon, key = ref.partition(":")
-        if not (sep and colon and name and secret and key):
-            raise UsageError(f"--secret-env {item!r}: expected ENV=SECRET:KEY")
-        secret_env.append(mpijob.SecretEnv(name, secret, key))
-    for option, value in (("--run-id", args.run_id), ("--task", args.task)):
-        if not value.strip():
-            raise UsageError(f"{option}: must not be empty (it names the job)")
     if not args.train_args:
-        raise UsageError("no training arguments: add them after `--`, e.g. -- --config synth-detection")
-    try:
-        selector = parse_selector(args.node_selector, "--node-selector")
-    except StepError as exc:
-        raise UsageError(str(exc)) from None
-    return mpijob.MPIJobSpec(
-        name=mpijob.job_name(args.run_id, args.task), run_key=mpijob.run_key(args.run_id, args.task),
-        image=args.image, command=["effdet", "train", *args.train_args], namespace=args.namespace,
-        workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpu=args.cpu,
-        memory=args.memory, shm_size=args.shm_size,
-        tolerations=[_toleration(t) for t in args.toleration], node_selector=selector, env=env,
-        secret_env=secret_env, service_account=args.service_account,
-        active_deadline_seconds=args.deadline or None, backoff_limit=args.backoff_limit,
-        labels={"app.kubernetes.io/name": "efficientdet-train"})
+        raise UsageError("no training arguments: add them after `--`, "
+                         "e.g. -- --config synth-detection")
+    env = {**forwarded_env(), **key_value.parse_pairs(args.env, "--env", "K=V")}
+    return mpijob_backend(args).spec(args.train_args, env)
 
 
 def run_mpijob(args) -> int:
@@ -290,17 +322,8 @@ def run_mpijob(args) -> int:
     if args.dry_run:
         print(yaml.safe_dump(manifest, sort_keys=False), end="")
         return 0
-    from kubernetes import client, config
-
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    api = client.ApiClient()
-    runner = mpijob.MPIJobRunner(client.CustomObjectsApi(api), client.CoreV1Api(api),
-                                 spec.namespace, cleanup=args.cleanup)
-    try:
-        outcome = runner.run(manifest)
+        outcome = mpijob.run_job(spec, cleanup=args.cleanup)
     except mpijob.MPIJobFailed as exc:
         print(str(exc), file=sys.stderr)
         return 1

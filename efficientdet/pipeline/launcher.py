@@ -1,8 +1,9 @@
 """Where distributed training runs: an MPIJob in a cluster, `horovodrun --gloo` on one machine.
 
 The training step builds one `effdet train ...` command and hands it to a backend; the backend
-decides how ranks are started. Both backends stream the training log into the step's log and
-raise `LaunchError` with the last lines when training fails.
+decides how ranks are started, from the cluster's settings (`cluster_settings`). Both backends
+stream the training log into the step's log and raise `LaunchError` with the last lines when
+training fails.
 """
 
 from __future__ import annotations
@@ -13,12 +14,21 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from efficientdet.pipeline import mpijob
+from efficientdet.pipeline.cluster_settings import (
+    GPU_RESOURCE,
+    MLFLOW_SECRET_KEYS,
+    S3_SECRET_KEYS,
+    SERVICE_KEYS,
+    SETTING_KEYS,
+    ClusterSettings,
+    ClusterSettingsError,
+)
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 BACKENDS = ("auto", "local", "mpijob")
@@ -27,23 +37,6 @@ _ERROR_LINE = re.compile(r"\b[A-Za-z_.]*(Error|Exception)\b: ")
 
 class LaunchError(RuntimeError):
     """Training did not finish; the message carries the last lines of its log."""
-
-
-@dataclass
-class Resources:
-    """The cluster-side shape of a training job (ignored by the local backend but `np`)."""
-
-    workers: int = 1
-    gpus_per_worker: int = 0
-    cpu: str = "4"
-    memory: str = "16Gi"
-    shm_size: str = "8Gi"
-    tolerations: list[dict] = field(default_factory=list)
-    node_selector: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ranks(self) -> int:
-        return self.workers * max(1, self.gpus_per_worker)
 
 
 class Backend(Protocol):
@@ -108,74 +101,105 @@ class LocalHorovodBackend:
         run_streaming(self.command(train_args), env=env, log=self.log)
 
 
-def _pod_identity() -> tuple[str, tuple[str, str] | None]:
-    """(namespace, (pod name, pod uid)) of this step's pod, from the downward API env."""
-    namespace = os.environ.get("POD_NAMESPACE")
+def pod_identity(environ: Mapping[str, str] | None = None,
+                 ) -> tuple[str, tuple[str, str] | None]:
+    """(namespace, (pod name, pod uid)) of the pod this runs in, from the downward API env
+    (the training step sets it); outside a pod ("kubeflow", None)."""
+    environ = os.environ if environ is None else environ
+    namespace = environ.get("POD_NAMESPACE")
     if not namespace and (SA_DIR / "namespace").is_file():
         namespace = (SA_DIR / "namespace").read_text().strip()
-    name = os.environ.get("POD_NAME") or os.environ.get("KFP_POD_NAME")
-    uid = os.environ.get("POD_UID") or os.environ.get("KFP_POD_UID")
-    return namespace or "default", ((name, uid) if name and uid else None)
+    name = environ.get("POD_NAME") or environ.get("KFP_POD_NAME")
+    uid = environ.get("POD_UID") or environ.get("KFP_POD_UID")
+    return namespace or "kubeflow", ((name, uid) if name and uid else None)
+
+
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
 
 @dataclass
 class MPIJobBackend:
-    """Creates the MPIJob for this step (idempotent across retries) and follows it."""
+    """The training run as an MPIJob: `spec` is the one place a training job's spec is built
+    from the cluster's settings (the training step and `effdet pipeline mpijob` both use it);
+    `run` creates the job (adopting it on a retried step) and follows it."""
 
-    image: str
-    resources: Resources
+    settings: ClusterSettings
     run_id: str
-    task: str
-    secret_env: list[mpijob.SecretEnv] = field(default_factory=list)
-    env_from_secrets: list[str] = field(default_factory=list)
-    service_account: str | None = None
-    ssh_auth_mount_path: str = "/root/.ssh"
-    run_as_user: int | None = None
+    kfp_task: str
+    mlflow_secret: str = ""  # Secret with MLFLOW_SECRET_KEYS, each optional ("" = none)
+    extra_secret_env: list[mpijob.SecretEnv] = field(default_factory=list)
+    namespace: str | None = None  # None: this pod's namespace (see pod_identity)
+    gpu_toleration: bool = True  # GPU workers tolerate the nvidia.com/gpu taint
     cleanup: str = "delete-on-success"
     active_deadline_seconds: int | None = None
     backoff_limit: int = 0
     log: Callable[[str], None] | None = None
+    api_client: object = None  # None: in-cluster credentials, else the kubeconfig
+
+    def __post_init__(self):
+        if not self.settings.train_image:
+            raise ClusterSettingsError(
+                f"no training image: set {SETTING_KEYS['train_image']} in the cluster's "
+                "ConfigMap or give one (train_image parameter, --image)")
+
+    def secret_env(self) -> list[mpijob.SecretEnv]:
+        s3, mlflow = self.settings.s3_secret, self.mlflow_secret
+        env = [mpijob.SecretEnv(k, s3, k) for k in S3_SECRET_KEYS if s3]
+        env += [mpijob.SecretEnv(k, mlflow, k, optional=True) for k in MLFLOW_SECRET_KEYS
+                if mlflow]
+        return env + list(self.extra_secret_env)
+
+    def tolerations(self) -> list[dict]:
+        tolerations = list(self.settings.tolerations)
+        if self.gpu_toleration and self.settings.gpus_per_worker and not any(
+                t.get("key") == GPU_TOLERATION["key"] for t in tolerations):
+            tolerations.append(dict(GPU_TOLERATION))
+        return tolerations
 
     def spec(self, train_args: list[str], env: dict[str, str]) -> mpijob.MPIJobSpec:
-        namespace, owner = _pod_identity()
-        r = self.resources
+        namespace, owner = pod_identity()
+        s = self.settings
         return mpijob.MPIJobSpec(
-            name=mpijob.job_name(self.run_id, self.task), run_key=mpijob.run_key(self.run_id, self.task),
-            image=self.image, command=["effdet", "train", *train_args], namespace=namespace,
-            workers=r.workers, gpus_per_worker=r.gpus_per_worker, cpu=r.cpu, memory=r.memory,
-            shm_size=r.shm_size, tolerations=r.tolerations, node_selector=r.node_selector,
-            env=env, secret_env=self.secret_env, env_from_secrets=self.env_from_secrets,
-            service_account=self.service_account, ssh_auth_mount_path=self.ssh_auth_mount_path,
-            run_as_user=self.run_as_user, active_deadline_seconds=self.active_deadline_seconds,
+            name=mpijob.job_name(self.run_id, self.kfp_task),
+            run_key=mpijob.run_key(self.run_id, self.kfp_task),
+            image=s.train_image, command=["effdet", "train", *train_args],
+            namespace=self.namespace or namespace, workers=s.workers,
+            gpus_per_worker=s.gpus_per_worker, cpu=s.worker_cpu, memory=s.worker_memory,
+            shm_size=s.shm_size, tolerations=self.tolerations(),
+            node_selector=dict(s.node_selector), env=dict(env), secret_env=self.secret_env(),
+            service_account=s.service_account, ssh_auth_mount_path=s.ssh_auth_mount_path,
+            run_as_user=s.run_as_user, active_deadline_seconds=self.active_deadline_seconds,
             backoff_limit=self.backoff_limit, owner_pod=owner,
             labels={"app.kubernetes.io/name": "efficientdet-train"},
         )
 
     def run(self, train_args: list[str], *, env: dict[str, str]) -> None:
-        from kubernetes import client, config
-
-        config.load_incluster_config()
-        spec = self.spec(train_args, env)
-        api = client.ApiClient()
-        runner = mpijob.MPIJobRunner(client.CustomObjectsApi(api), client.CoreV1Api(api),
-                                     spec.namespace, log=self.log, cleanup=self.cleanup)
         try:
-            runner.run(mpijob.build_manifest(spec),
-                       deadline_s=(self.active_deadline_seconds or 0) + 600
-                       if self.active_deadline_seconds else None)
+            mpijob.run_job(self.spec(train_args, env), cleanup=self.cleanup, log=self.log,
+                           api_client=self.api_client)
         except mpijob.MPIJobFailed as exc:
             raise LaunchError(str(exc)) from exc
+
+
+def backend_for(mode: str, settings: ClusterSettings, *, run_id: str, kfp_task: str,
+                mlflow_secret: str = "", cleanup: str = "delete-on-success",
+                deadline_s: int = 0, log: Callable[[str], None] | None = None) -> Backend:
+    """The backend for MODE ('auto': an MPIJob in a cluster, horovodrun elsewhere) with
+    settings.ranks ranks."""
+    if choose_backend(mode) == "local":
+        return LocalHorovodBackend(settings.ranks, log=log)
+    return MPIJobBackend(settings, run_id=run_id, kfp_task=kfp_task, mlflow_secret=mlflow_secret,
+                         cleanup=cleanup, active_deadline_seconds=deadline_s or None, log=log)
 
 
 def forwarded_env(environ=None) -> dict[str, str]:
     """The non-secret environment the ranks need: tracking, storage endpoint, KFP identity.
     Credentials are never copied here: in a cluster they come from Secrets."""
     environ = os.environ if environ is None else environ
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID",
-            "MLFLOW_RUN_ID", "EFFDET_MLFLOW_PARENT_RUN_ID", "EFFDET_TRACKING", "AWS_ENDPOINT_URL",
-            "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "EFFDET_S3_ADDRESSING_STYLE",
-            "KFP_PIPELINE_RUN_ID",
-            "KFP_PIPELINE_RUN_URL", "KFP_PIPELINE_ID", "KFP_PIPELINE_VERSION_ID", "KFP_TASK_NAME")
+    keys = SERVICE_KEYS + (
+        "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "EFFDET_MLFLOW_PARENT_RUN_ID", "EFFDET_TRACKING",
+        "KFP_PIPELINE_RUN_ID", "KFP_PIPELINE_RUN_URL", "KFP_PIPELINE_ID",
+        "KFP_PIPELINE_VERSION_ID", "KFP_TASK_NAME")
     return {k: environ[k] for k in keys if environ.get(k)}
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from efficientdet import validation as v
+from efficientdet.pipeline.cluster_settings import DEFAULTS, GPU_RESOURCE
 
 GROUP = "kubeflow.org"
 VERSION = "v2beta1"
@@ -62,12 +63,12 @@ class MPIJobSpec:
     namespace: str = "kubeflow"
     workers: int = 1
     gpus_per_worker: int = 0
-    cpu: str = "4"
-    memory: str = "16Gi"
+    cpu: str = DEFAULTS.worker_cpu
+    memory: str = DEFAULTS.worker_memory
     launcher_cpu: str = "1"
     launcher_memory: str = "2Gi"
-    gpu_resource: str = "nvidia.com/gpu"
-    shm_size: str = "8Gi"
+    gpu_resource: str = GPU_RESOURCE
+    shm_size: str = DEFAULTS.shm_size
     tolerations: list[dict] = field(default_factory=list)
     node_selector: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
@@ -77,7 +78,7 @@ class MPIJobSpec:
     run_as_user: int | None = None
     image_pull_secrets: list[str] = field(default_factory=list)
     worker_command: list[str] = field(default_factory=lambda: ["/usr/sbin/sshd", "-De"])
-    ssh_auth_mount_path: str = "/root/.ssh"
+    ssh_auth_mount_path: str = DEFAULTS.ssh_auth_mount_path
     clean_pod_policy: str = "Running"
     ttl_seconds_after_finished: int | None = 3600
     active_deadline_seconds: int | None = None
@@ -461,3 +462,29 @@ class MPIJobRunner:
         finally:
             if self.cleanup == "delete" or (self.cleanup == "delete-on-success" and succeeded):
                 self.delete(name)
+
+
+# -- the Kubernetes client ----------------------------------------------------------------------
+def kube_apis(api_client=None) -> tuple:
+    """(CustomObjectsApi, CoreV1Api) over API_CLIENT; without one, in-cluster credentials in a
+    pod, else the current kubeconfig."""
+    from kubernetes import client, config
+
+    if api_client is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api_client = client.ApiClient()
+    return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+
+
+def run_job(spec: MPIJobSpec, *, cleanup: str = "delete-on-success",
+            log: Callable[[str], None] | None = None, api_client=None) -> JobOutcome:
+    """Creates (or adopts) the job SPEC describes and follows it to the end. Waits at most
+    ten minutes past the job's own deadline, when it has one. MPIJobFailed when it fails."""
+    manifest = build_manifest(spec)
+    custom, core = kube_apis(api_client)
+    runner = MPIJobRunner(custom, core, spec.namespace, log=log, cleanup=cleanup)
+    deadline = spec.active_deadline_seconds
+    return runner.run(manifest, deadline_s=deadline + 600 if deadline else None)

@@ -14,9 +14,8 @@ import os
 from pathlib import Path
 
 from efficientdet import storage, tracking
+from efficientdet.model_tasks import check_task
 from efficientdet.pipeline import launcher, runs
-
-TASKS = ("detection", "classification")
 
 
 class StepError(RuntimeError):
@@ -24,8 +23,10 @@ class StepError(RuntimeError):
 
 
 def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise StepError(f"task {task!r}: use one of {', '.join(TASKS)}")
+    try:
+        check_task(task)
+    except ValueError as exc:
+        raise StepError(str(exc)) from None
 
 
 def _table(rows: dict) -> str:
@@ -200,83 +201,6 @@ def output_dir(work_uri: str, run_id: str, task: str, artifact_path: str) -> str
         return storage.join(work_uri, run_id, task)
     os.makedirs(artifact_path, exist_ok=True)
     return artifact_path
-
-
-# -- the training backend from the step's parameters ---------------------------------------------
-S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                      "MLFLOW_TRACKING_TOKEN")
-
-
-def parse_selector(text: str, what: str = "node selector") -> dict[str, str]:
-    """'k=v,k2=v2' -> {k: v, k2: v2}; names the input when malformed."""
-    out = {}
-    for term in filter(None, (t.strip() for t in (text or "").split(","))):
-        key, sep, value = term.partition("=")
-        if not sep or not key:
-            raise StepError(f"{what} {text!r}: expected key=value[,key=value]")
-        out[key] = value
-    return out
-
-
-def _cluster_default(name: str, fallback: str) -> str:
-    """A setting from the cluster's ConfigMap env (EFFDET_MPI_*), else FALLBACK."""
-    return os.environ.get(name) or fallback
-
-
-def _json_env(name: str, default):
-    text = os.environ.get(name)
-    if not text:
-        return default
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise StepError(f"{name}={text!r}: not JSON ({exc.msg})") from None
-
-
-def make_backend(mode: str, *, workers: int, gpus_per_worker: int, image: str, run_id: str,
-                 task: str, cpu: str = "", memory: str = "", node_selector: str = "",
-                 gpu_toleration: bool = True, s3_secret: str = "", mlflow_secret: str = "",
-                 cleanup: str = "delete-on-success", deadline_s: int = 0) -> launcher.Backend:
-    """The backend for MODE ('auto' picks an MPIJob in a cluster, horovodrun elsewhere).
-    Empty values take the cluster's defaults (EFFDET_MPI_* from the settings ConfigMap)."""
-    from efficientdet.pipeline import mpijob
-
-    if workers <= 0:  # 0: the cluster's default count
-        workers = int(_cluster_default("EFFDET_MPI_WORKERS", "1"))
-    if gpus_per_worker < 0:  # -1: the cluster's default
-        gpus_per_worker = int(_cluster_default("EFFDET_MPI_GPUS_PER_WORKER", "0"))
-    if workers < 1:
-        raise StepError(f"workers={workers}: need at least one worker")
-    chosen = launcher.choose_backend(mode)
-    if chosen == "local":
-        return launcher.LocalHorovodBackend(workers * max(1, gpus_per_worker))
-    selector = _json_env("EFFDET_MPI_NODE_SELECTOR", {})
-    selector.update(parse_selector(node_selector))
-    tolerations = list(_json_env("EFFDET_MPI_TOLERATIONS", []))
-    if gpu_toleration and gpus_per_worker and not any(
-            t.get("key") == "nvidia.com/gpu" for t in tolerations):
-        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
-    resources = launcher.Resources(
-        workers=workers, gpus_per_worker=gpus_per_worker,
-        cpu=cpu or _cluster_default("EFFDET_MPI_WORKER_CPU", "4"),
-        memory=memory or _cluster_default("EFFDET_MPI_WORKER_MEMORY", "16Gi"),
-        shm_size=_cluster_default("EFFDET_MPI_SHM_SIZE", "8Gi"),
-        tolerations=tolerations, node_selector=selector)
-    image = image or os.environ.get("EFFDET_TRAIN_IMAGE", "")
-    if not image:
-        raise StepError("no training image: set the train_image parameter or EFFDET_TRAIN_IMAGE")
-    s3_secret = s3_secret or os.environ.get("EFFDET_S3_SECRET_NAME", "")
-    secret_env = [mpijob.SecretEnv(k, s3_secret, k) for k in S3_SECRET_KEYS if s3_secret]
-    secret_env += [mpijob.SecretEnv(k, mlflow_secret, k, optional=True)
-                   for k in MLFLOW_SECRET_KEYS if mlflow_secret]
-    run_as = os.environ.get("EFFDET_MPI_RUN_AS_USER")
-    return launcher.MPIJobBackend(
-        image=image, resources=resources, run_id=run_id, task=task, secret_env=secret_env,
-        cleanup=cleanup, active_deadline_seconds=deadline_s or None,
-        service_account=os.environ.get("EFFDET_MPI_SERVICE_ACCOUNT") or None,
-        ssh_auth_mount_path=_cluster_default("EFFDET_MPI_SSH_AUTH_MOUNT_PATH", "/root/.ssh"),
-        run_as_user=int(run_as) if run_as else None)
 
 
 # -- evaluate / export -------------------------------------------------------------------------------
