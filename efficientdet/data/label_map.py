@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-TASKS = ("detection", "classification")
+from efficientdet.model_tasks import TASKS
 
 
 class LabelMapError(ValueError):
