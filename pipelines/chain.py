@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 from kfp import dsl
 
-from components.convert import convert
-from components.evaluate import evaluate
-from components.export import export
-from components.register import register
-from components.train import train
-from pipelines.options import ClusterOptions, configure, identity
+from efficientdet.kfp_components.convert import convert
+from efficientdet.kfp_components.evaluate import evaluate
+from efficientdet.kfp_components.export import export
+from efficientdet.kfp_components.register import register
+from efficientdet.kfp_components.train import train
+from efficientdet.kfp_pipelines.options import ClusterOptions, configure, identity
 
 # (name, type, default) after the data URIs, in signature order; None = the task gives it.
 SHARED_PARAMS: tuple[tuple[str, type, object], ...] = (

@@ -2,8 +2,8 @@
 register."""
 
 
-from pipelines.chain import make_pipeline
-from pipelines.options import ClusterOptions
+from efficientdet.kfp_pipelines.chain import make_pipeline
+from efficientdet.kfp_pipelines.options import ClusterOptions
 
 
 def build(options: ClusterOptions):

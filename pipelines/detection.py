@@ -1,7 +1,7 @@
 """The detection pipeline: convert (train, val) -> train -> evaluate -> export -> register."""
 
-from pipelines.chain import make_pipeline
-from pipelines.options import ClusterOptions
+from efficientdet.kfp_pipelines.chain import make_pipeline
+from efficientdet.kfp_pipelines.options import ClusterOptions
 
 
 def build(options: ClusterOptions):

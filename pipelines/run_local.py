@@ -11,7 +11,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from pipelines import ClusterOptions, build
+from efficientdet.kfp_pipelines import ClusterOptions, build
 
 
 def run_local(task: str, params: dict, *, pipeline_root: str | Path,

@@ -111,7 +111,7 @@ def test_ui_parameters_and_defaults(tmp_path):
 def test_local_options_leave_cluster_settings_out(tmp_path):
     from kfp import compiler
 
-    from pipelines import ClusterOptions, build
+    from efficientdet.kfp_pipelines import ClusterOptions, build
 
     out = tmp_path / "local.yaml"
     compiler.Compiler().compile(build("detection", ClusterOptions.local()), str(out))
@@ -145,8 +145,8 @@ def test_cli_bad_input_is_one_line_exit_2(argv, message, capsys):
 
 
 def test_param_coercion_follows_declared_types():
-    from pipelines import build
-    from pipelines.params import coerce
+    from efficientdet.kfp_pipelines import build
+    from efficientdet.kfp_pipelines.params import coerce
 
     p = build("detection")
     got = coerce(p, ["workers=4", "amp=false", "threshold=0.25", "model_name=efficientdet-d1",
