@@ -1,15 +1,17 @@
 """Convert a COCO set or a class-per-folder tree into TFRecord shards (a Dataset artifact)."""
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Dataset, Markdown, Metrics, Output
 
-from components.images import COMPONENT_IMAGE
+from efficientdet.kfp_components.images import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
-def convert(task: str, source_uri: str, images_uri: str, num_shards: int, work_uri: str,
-            kfp_run_id: str, kfp_task: str, dataset: Output[Dataset], metrics: Output[Metrics],
-            report: Output[Markdown]):
+def convert(task: str, source_uri: str, images_uri: str, kfp_run_id: str, kfp_task: str,
+            dataset: Output[Dataset], metrics: Output[Metrics], report: Output[Markdown],
+            num_shards: Optional[int] = None, work_uri: Optional[str] = None):
     """Detection: source_uri is the COCO annotations JSON and images_uri the image folder;
     classification: source_uri is the class-per-folder root."""
     from efficientdet.pipeline import runs, steps

@@ -1,15 +1,17 @@
 """Evaluate the trained model: COCO mAP (detection) or top-1/top-5 (classification)."""
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components.images import COMPONENT_IMAGE
+from efficientdet.kfp_components.images import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
-def evaluate(model: Input[Model], val_data: Input[Dataset], batch_size: int, work_uri: str,
-             kfp_run_id: str, kfp_task: str, metrics: Output[Metrics], report: Output[HTML],
-             summary: Output[Markdown]):
+def evaluate(model: Input[Model], val_data: Input[Dataset], kfp_run_id: str, kfp_task: str,
+             metrics: Output[Metrics], report: Output[HTML], summary: Output[Markdown],
+             batch_size: Optional[int] = None, work_uri: Optional[str] = None):
     """Scalars land in `metrics` (the UI's compare view) and in the step's MLflow run."""
     from efficientdet.pipeline import runs, steps
 

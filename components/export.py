@@ -1,15 +1,17 @@
 """Export the model (SavedModel with pre/post-processing, ONNX, TF-TRT) with a parity check."""
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
-from components.images import COMPONENT_IMAGE
+from efficientdet.kfp_components.images import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def export(model: Input[Model], val_data: Input[Dataset], formats: str, max_ap_drop: float,
-           work_uri: str, kfp_run_id: str, kfp_task: str, exported: Output[Model],
-           metrics: Output[Metrics], summary: Output[Markdown]):
+           kfp_run_id: str, kfp_task: str, exported: Output[Model], metrics: Output[Metrics],
+           summary: Output[Markdown], work_uri: Optional[str] = None):
     """formats: comma-separated subset of saved_model,onnx,tf-trt. Each export is scored
     against the source model on val_data; an AP (top-1) drop above max_ap_drop fails."""
     from efficientdet.pipeline import runs, steps

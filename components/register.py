@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Input, Markdown, Metrics, Model, Output
 
-from components.images import COMPONENT_IMAGE
+from efficientdet.kfp_components.images import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)

@@ -1,21 +1,28 @@
 """Distributed training: an MPIJob in a cluster, `horovodrun --gloo` elsewhere (a Model artifact)."""
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
-from components.images import COMPONENT_IMAGE
+from efficientdet.kfp_components.images import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Dataset],
-          model_name: str, image_size: int, steps: int, epochs: float, batch_size: int,
-          workers: int, gpus_per_worker: int, amp: bool, xla: bool, launcher: str,
-          train_image: str, worker_cpu: str, worker_memory: str, node_selector: str,
-          s3_secret: str, mlflow_secret: str, cleanup: str, deadline_seconds: int,
-          work_uri: str, init_from: str, kfp_run_id: str, kfp_task: str, model: Output[Model],
-          metrics: Output[Metrics], summary: Output[Markdown]):
-    """Ranks = workers x max(1, gpus_per_worker). For training settings 0 / "" keep the
-    recipe's value; workers=0, gpus_per_worker=-1 and "" resources take the cluster's defaults.
+          launcher: str, s3_secret: str, mlflow_secret: str, cleanup: str, kfp_run_id: str,
+          kfp_task: str, model: Output[Model], metrics: Output[Metrics],
+          summary: Output[Markdown], model_name: Optional[str] = None,
+          image_size: Optional[int] = None, steps: Optional[int] = None,
+          epochs: Optional[float] = None, batch_size: Optional[int] = None,
+          amp: Optional[bool] = None, xla: Optional[bool] = None,
+          init_from: Optional[str] = None, workers: Optional[int] = None,
+          gpus_per_worker: Optional[int] = None, train_image: Optional[str] = None,
+          worker_cpu: Optional[str] = None, worker_memory: Optional[str] = None,
+          node_selector: Optional[str] = None, deadline_seconds: Optional[int] = None,
+          work_uri: Optional[str] = None):
+    """Ranks = workers x max(1, gpus_per_worker). Training settings left None keep the
+    recipe's value; cluster settings left None take the cluster's defaults.
     init_from: a backbone or whole-model URI (artifact, models:/NAME@ALIAS, checkpoint)."""
     from efficientdet.pipeline import runs
     from efficientdet.pipeline import steps as st

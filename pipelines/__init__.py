@@ -3,16 +3,16 @@ them locally. `build(task, options)` returns the pipeline function for one task.
 
 from __future__ import annotations
 
+from efficientdet.kfp_pipelines.options import ClusterOptions
 from efficientdet.model_tasks import TASKS
-from pipelines.options import ClusterOptions
 
 
 def build(task: str, options: ClusterOptions | None = None):
     options = options or ClusterOptions()
     if task == "detection":
-        from pipelines.detection import build as _build
+        from efficientdet.kfp_pipelines.detection import build as _build
     elif task == "classification":
-        from pipelines.classification import build as _build
+        from efficientdet.kfp_pipelines.classification import build as _build
     else:
         raise ValueError(f"pipeline {task!r}: use one of {', '.join(TASKS)}")
     return _build(options)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kfp import compiler
 
-from pipelines import ClusterOptions, build
+from efficientdet.kfp_pipelines import ClusterOptions, build
 
 
 def compile_pipeline(task: str, output: str | Path, options: ClusterOptions | None = None) -> Path:

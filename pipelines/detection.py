@@ -1,16 +1,107 @@
-"""The detection pipeline: convert (train, val) -> train -> evaluate -> export -> register."""
+"""The detection pipeline: COCO (train, val) -> TFRecords -> train -> evaluate -> export ->
+register. `build(options)` returns it with the cluster options fixed at compile time."""
 
-from pipelines.chain import make_pipeline
-from pipelines.options import ClusterOptions
+from typing import Optional
+
+from kfp import dsl
+
+from efficientdet.kfp_pipelines.graph import convert_split, train_to_register
+from efficientdet.kfp_pipelines.options import ClusterOptions
 
 
 def build(options: ClusterOptions):
-    return make_pipeline(
-        options, task="detection", name="efficientdet-detection",
-        description="COCO -> TFRecords -> Horovod training (MPIJob) -> COCO mAP -> "
-                    "SavedModel/ONNX/TF-TRT -> MLflow registry",
-        data_params=("train_annotations_uri", "train_images_uri", "val_annotations_uri",
-                     "val_images_uri"),
-        defaults={"recipe": "efficientdet-d0-coco", "registered_model_name": "efficientdet",
-                  "metric_name": "AP", "threshold": 0.3},
-        sources=lambda p, split: (p[f"{split}_annotations_uri"], p[f"{split}_images_uri"]))
+    """The `efficientdet-detection` pipeline, its steps configured by OPTIONS."""
+
+    @dsl.pipeline(name="efficientdet-detection",
+                  description="COCO -> TFRecords -> Horovod training (MPIJob) -> COCO mAP -> "
+                              "SavedModel/ONNX/TF-TRT -> MLflow registry")
+    def detection_pipeline(
+        train_annotations_uri: str,
+        train_images_uri: str,
+        val_annotations_uri: str,
+        val_images_uri: str,
+        recipe: str = "efficientdet-d0-coco",
+        model_name: Optional[str] = None,
+        image_size: Optional[int] = None,
+        steps: Optional[int] = None,
+        epochs: Optional[float] = None,
+        batch_size: Optional[int] = None,
+        amp: Optional[bool] = None,
+        xla: Optional[bool] = None,
+        init_from: Optional[str] = None,
+        workers: Optional[int] = None,
+        gpus_per_worker: Optional[int] = None,
+        launcher: str = "auto",
+        train_image: Optional[str] = None,
+        worker_cpu: Optional[str] = None,
+        worker_memory: Optional[str] = None,
+        node_selector: Optional[str] = None,
+        mpijob_cleanup: str = "delete-on-success",
+        deadline_seconds: Optional[int] = None,
+        num_shards: Optional[int] = None,
+        eval_batch_size: Optional[int] = None,
+        export_formats: str = "saved_model,onnx",
+        max_parity_drop: float = 0.01,
+        registered_model_name: str = "efficientdet",
+        metric_name: str = "AP",
+        threshold: float = 0.3,
+        alias: str = "champion",
+        work_uri: Optional[str] = None,
+    ):
+        """Train EfficientDet on a COCO-format set and register it when it scores well enough.
+
+        Optional settings left empty keep the recipe's value (training) or the cluster's
+        default (resources, from the effdet-pipeline-env ConfigMap).
+
+        Args:
+            train_annotations_uri: COCO annotations JSON of the training split (s3:// or path).
+            train_images_uri: Folder of the training split's images.
+            val_annotations_uri: COCO annotations JSON of the validation split.
+            val_images_uri: Folder of the validation split's images.
+            recipe: Training recipe: a name in efficientdet/configs or a YAML URI.
+            model_name: Model to train, e.g. efficientdet-d1; empty keeps the recipe's.
+            image_size: Square input size in pixels; empty keeps the recipe's.
+            steps: Training steps; takes precedence over epochs.
+            epochs: Training epochs, used when steps is empty.
+            batch_size: Global batch size; empty keeps the recipe's.
+            amp: Mixed precision (float16); empty keeps the recipe's.
+            xla: XLA compilation of the training step; empty keeps the recipe's.
+            init_from: Backbone or model to start from: URI, models:/NAME@ALIAS, checkpoint.
+            workers: MPIJob workers (pods); empty takes the cluster's default.
+            gpus_per_worker: GPUs per worker, 0 for CPU ranks; empty takes the cluster's default.
+            launcher: Where ranks run: auto (MPIJob in a cluster), mpijob or local.
+            train_image: Image of the MPIJob's ranks; empty takes EFFDET_TRAIN_IMAGE.
+            worker_cpu: CPU request of each worker, e.g. 8; empty takes the cluster's default.
+            worker_memory: Memory of each worker, e.g. 32Gi; empty takes the cluster's default.
+            node_selector: Worker node selector, key=value[,key=value].
+            mpijob_cleanup: The finished MPIJob: delete, keep or delete-on-success.
+            deadline_seconds: Training deadline (activeDeadlineSeconds); empty means none.
+            num_shards: TFRecord shards per split; empty sizes them from the data.
+            eval_batch_size: Evaluation batch size; empty means 8.
+            export_formats: Comma-separated subset of saved_model, onnx, tf-trt.
+            max_parity_drop: Largest AP drop an export may show against the trained model.
+            registered_model_name: MLflow registered model to add the version to.
+            metric_name: Evaluation metric the alias depends on (AP, AP50, ...).
+            threshold: Lowest metric value that moves the alias to the new version.
+            alias: MLflow alias set on a version that passes the threshold.
+            work_uri: s3:// prefix for data and models (MPIJob ranks run in other pods).
+        """
+        splits = {"train": (train_annotations_uri, train_images_uri),
+                  "val": (val_annotations_uri, val_images_uri)}
+        data = {split: convert_split(options, task="detection", split=split, source_uri=source,
+                                     images_uri=images, num_shards=num_shards,
+                                     work_uri=work_uri).outputs["dataset"]
+                for split, (source, images) in splits.items()}
+        train_to_register(
+            options, task="detection", train_data=data["train"], val_data=data["val"],
+            recipe=recipe, model_name=model_name, image_size=image_size, steps=steps,
+            epochs=epochs, batch_size=batch_size, amp=amp, xla=xla, init_from=init_from,
+            workers=workers, gpus_per_worker=gpus_per_worker, launcher=launcher,
+            train_image=train_image, worker_cpu=worker_cpu, worker_memory=worker_memory,
+            node_selector=node_selector, mpijob_cleanup=mpijob_cleanup,
+            deadline_seconds=deadline_seconds, eval_batch_size=eval_batch_size,
+            export_formats=export_formats, max_parity_drop=max_parity_drop,
+            registered_model_name=registered_model_name, metric_name=metric_name,
+            threshold=threshold, alias=alias, work_uri=work_uri)
+
+    return detection_pipeline

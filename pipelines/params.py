@@ -10,11 +10,11 @@ from efficientdet import key_value
 from efficientdet import validation as v
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-# Value rules beyond the declared type; 0, -1 GPUs and "" mean "the default".
+# Value rules beyond the declared type (a parameter left out keeps its default).
 RULES = {
     **dict.fromkeys(("image_size", "steps", "batch_size", "workers", "deadline_seconds",
-                     "num_shards", "eval_batch_size"), v.NonNegativeInt),
-    "gpus_per_worker": Annotated[int, Field(strict=True, ge=-1)],
+                     "num_shards", "eval_batch_size"), v.PositiveInt),
+    "gpus_per_worker": v.NonNegativeInt,
     "epochs": v.NonNegativeNumber,
     "max_parity_drop": v.Probability,
     "threshold": v.Number,

@@ -11,7 +11,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from pipelines import ClusterOptions, build
+from efficientdet.kfp_pipelines import ClusterOptions, build
 
 
 def run_local(task: str, params: dict, *, pipeline_root: str | Path,
@@ -24,6 +24,7 @@ def run_local(task: str, params: dict, *, pipeline_root: str | Path,
     run_id = run_id or f"local-{uuid.uuid4().hex[:10]}"
     pipeline = build(task, ClusterOptions.local())
     params = {"launcher": "local", **params}
+    _drop_unset_optional_inputs(pipeline, params)
     env = {
         # the subprocesses must find this interpreter (python3 on PATH) and its horovodrun
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -54,6 +55,25 @@ def run_local(task: str, params: dict, *, pipeline_root: str | Path,
                 os.environ[k] = v
     return {"run_id": run_id, "parent_run_id": parent, "state": state,
             "pipeline_root": str(pipeline_root), "error": error, "steps": step_runs(parent)}
+
+
+def _drop_unset_optional_inputs(pipeline, params: dict) -> None:
+    """Leaves the optional parameters that PARAMS does not set out of PIPELINE's (in-memory)
+    spec, so each step gets its component's default, None. A KFP cluster does that itself;
+    kfp.local (2.17) instead fails on an optional input that has no default value."""
+    spec = pipeline.pipeline_spec
+    inputs = spec.root.input_definitions.parameters
+    unset = {name for name, p in inputs.items()
+             if p.is_optional and not p.HasField("default_value") and name not in params}
+    for name in unset:
+        del inputs[name]
+    for task in spec.root.dag.tasks.values():
+        component_inputs = spec.components[task.component_ref.name].input_definitions.parameters
+        for name, argument in list(task.inputs.parameters.items()):
+            if argument.component_input_parameter in unset:
+                del task.inputs.parameters[name]
+                if name in component_inputs:
+                    del component_inputs[name]
 
 
 def step_runs(parent: str | None) -> dict[str, dict]:

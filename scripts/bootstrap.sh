@@ -15,7 +15,7 @@ SYSTEM_PACKAGES=(cmake g++ make libhighwayhash-dev libfarmhash-dev kubectl)
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 stamp_key() {
-  cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" "$ROOT/scripts/bootstrap.sh" | sha256sum | cut -c1-16
+  cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/constraints.txt" "$ROOT/scripts/bootstrap.sh" | sha256sum | cut -c1-16
 }
 STAMP="$VENV/.bootstrap-$(stamp_key)"
 if [[ -f "$STAMP" ]]; then

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import socket
 import subprocess
@@ -17,6 +19,23 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+class _CheckoutKfpFolders(importlib.abc.MetaPathFinder):
+    """Finds `efficientdet.kfp_pipelines`/`kfp_components` in this checkout's pipelines/ and
+    components/, as setup.py installs them: also when the checkout is only on PYTHONPATH, or an
+    install of another checkout maps those names to its own folders."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        prefix, _, folder = fullname.partition(".kfp_")
+        if prefix != "efficientdet" or folder not in ("pipelines", "components"):
+            return None
+        init = REPO / folder / "__init__.py"
+        return importlib.util.spec_from_file_location(
+            fullname, init, submodule_search_locations=[str(init.parent)])
+
+
+sys.meta_path.insert(0, _CheckoutKfpFolders())
 
 
 def free_port() -> int:

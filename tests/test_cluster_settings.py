@@ -87,9 +87,14 @@ def test_override_keeps_on_none_adds_selectors_and_appends_new_tolerations():
         base.override(workers=0)
 
 
-def test_step_parameters_zero_minus_one_and_empty_keep_the_cluster_values():
+def test_step_parameters_left_unset_keep_the_cluster_values():
     base = ClusterSettings.from_env(CLUSTER_ENV)
     assert base.with_step_parameters() == base
+    assert base.with_step_parameters(train_image="", node_selector="") == base
+    with pytest.raises(ClusterSettingsError, match="workers=0"):
+        base.with_step_parameters(workers=0)
+    with pytest.raises(ClusterSettingsError, match="gpus_per_worker=-1"):
+        base.with_step_parameters(gpus_per_worker=-1)
     s = base.with_step_parameters(workers=1, gpus_per_worker=0, train_image="mine:1",
                                   worker_cpu="2", worker_memory="8Gi",
                                   node_selector="zone=b, disk=ssd", s3_secret="other-s3")
@@ -114,7 +119,7 @@ def test_configmap_manifests_use_exactly_the_known_keys():
 def test_mpijob_backend_takes_cluster_defaults_from_the_settings_configmap(monkeypatch):
     monkeypatch.setenv("POD_NAMESPACE", "team-b")
     settings = ClusterSettings.from_env(CLUSTER_ENV).with_step_parameters(
-        workers=0, gpus_per_worker=-1, train_image="")
+        train_image="")
     spec = launcher.backend_for("mpijob", settings, run_id="r", kfp_task="train").spec(
         ["--config", "x"], {})
     assert (spec.workers, spec.gpus_per_worker, spec.ranks) == (3, 2, 6)
@@ -154,7 +159,7 @@ def test_key_value_parsing_and_errors():
 def _step_manifest(train_args: list[str]) -> dict:
     """What the training component builds (components/train.py) from the same environment."""
     settings = ClusterSettings.from_env().with_step_parameters(
-        workers=0, gpus_per_worker=-1, train_image="", worker_cpu="", worker_memory="",
+        train_image="", worker_cpu="", worker_memory="",
         node_selector="zone=b", s3_secret="")
     backend = launcher.backend_for("mpijob", settings, run_id="run-7", kfp_task="train",
                                    mlflow_secret="effdet-mlflow", deadline_s=3600)

@@ -304,10 +304,21 @@ def test_copied_files_exist_and_pass_dockerignore(image):
     for kept_out in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", "manifests/x.yaml",
                      "efficientdet/__pycache__/a.pyc", "mlruns/0/meta.yaml", "secrets.env"):
         assert dockerignore_excludes(kept_out, rules), kept_out
-    for module in (REPO / "efficientdet").rglob("*.py"):
+    for module in (REPO / "setup.py", *(REPO / "efficientdet").rglob("*.py"),
+                   *(REPO / "pipelines").rglob("*.py"), *(REPO / "components").rglob("*.py")):
         rel = str(module.relative_to(REPO))
         if "__pycache__" not in rel:
             assert not dockerignore_excludes(rel, rules), rel
+
+
+@pytest.mark.parametrize("name", ["cpu", "train"])
+def test_the_package_source_is_copied_whole(name):
+    """setup.py maps pipelines/ and components/ into the package: `pip install` of the copied
+    source fails without them."""
+    mapping = copy_sources(Dockerfile.load(DOCKERFILES[name]))
+    for src in ("pyproject.toml", "setup.py", "README.md", "efficientdet", "pipelines",
+                "components"):
+        assert mapping.get(f"/tmp/effdet/src/{src}") == src, f"{name}: {src} not copied"
 
 
 def _pip_targets(df: Dockerfile) -> list[list[str]]:

@@ -108,10 +108,38 @@ def test_ui_parameters_and_defaults(tmp_path):
     assert "defaultValue" not in params["train_annotations_uri"]  # required in the UI
 
 
+KEEP_RECIPE = ("model_name", "image_size", "steps", "epochs", "batch_size", "amp", "xla",
+               "init_from", "workers", "gpus_per_worker", "train_image", "worker_cpu",
+               "worker_memory", "node_selector", "deadline_seconds", "num_shards",
+               "eval_batch_size", "work_uri")
+
+
+@pytest.mark.parametrize("pipeline", ["detection", "classification"])
+def test_parameters_carry_descriptions_and_unset_means_keep_the_recipe(tmp_path, pipeline):
+    spec, _ = _compile(tmp_path, pipeline=pipeline)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    # the docstring's Args: section becomes each parameter's description in the UI
+    assert all(p.get("description") for p in params.values()), \
+        sorted(n for n, p in params.items() if not p.get("description"))
+    # optional without a placeholder default: a run that leaves them out keeps the recipe's value
+    for name in KEEP_RECIPE:
+        assert params[name].get("isOptional") is True, name
+        assert "defaultValue" not in params[name], name
+    assert params["amp"]["parameterType"] == "BOOLEAN"
+    assert params["steps"]["parameterType"] == "NUMBER_INTEGER"
+    # and the training step declares them optional too, bound to the pipeline's parameters
+    train_inputs = spec["components"]["comp-train"]["inputDefinitions"]["parameters"]
+    bound = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    for name in ("amp", "xla", "steps", "model_name", "workers", "gpus_per_worker"):
+        assert train_inputs[name].get("isOptional") is True and "defaultValue" not in \
+            train_inputs[name], name
+        assert bound[name] == {"componentInputParameter": name}
+
+
 def test_local_options_leave_cluster_settings_out(tmp_path):
     from kfp import compiler
 
-    from pipelines import ClusterOptions, build
+    from efficientdet.kfp_pipelines import ClusterOptions, build
 
     out = tmp_path / "local.yaml"
     compiler.Compiler().compile(build("detection", ClusterOptions.local()), str(out))
@@ -145,8 +173,8 @@ def test_cli_bad_input_is_one_line_exit_2(argv, message, capsys):
 
 
 def test_param_coercion_follows_declared_types():
-    from pipelines import build
-    from pipelines.params import coerce
+    from efficientdet.kfp_pipelines import build
+    from efficientdet.kfp_pipelines.params import coerce
 
     p = build("detection")
     got = coerce(p, ["workers=4", "amp=false", "threshold=0.25", "model_name=efficientdet-d1",

@@ -135,6 +135,9 @@ def test_train_args_cover_the_ui_parameters():
     assert {"data.train=s3://b/train", "data.val=s3://b/val", "output=s3://b/out",
             "model=efficientdet-d1", "image_size=256", "train.epochs=3", "train.steps=null",
             "data.batch_size=4", "precision.amp=true", "precision.xla=false"} <= set(sets)
+    # amp/xla left unset (None) keep the recipe's values: no override at all
+    kept = steps.train_args(recipe="synth-detection", train_data="t", val_data="v", output="o")
+    assert not [a for a in kept if a.startswith("precision.")]
 
 
 def test_horovodrun_command_and_backend_choice(monkeypatch):

@@ -119,24 +119,23 @@ def register(sub) -> None:
 
 
 def _pipelines():
-    """The repo's `pipelines` package (a sibling of the installed `efficientdet` package)."""
+    """The Kubeflow pipeline definitions: the repository's pipelines/ folder, installed as
+    `efficientdet.kfp_pipelines` (see setup.py)."""
     try:
-        import pipelines
-    except ModuleNotFoundError:
-        import efficientdet
-
-        root = Path(efficientdet.__file__).resolve().parents[1]
-        if not (root / "pipelines" / "__init__.py").is_file():
+        from efficientdet import kfp_pipelines
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("efficientdet.kfp_"):
             raise UsageError("the pipeline definitions (pipelines/, components/) are not "
-                             "installed: run from the repository") from None
-        sys.path.insert(0, str(root))
-    import pipelines
-
-    return pipelines
+                             "installed: run `pip install -e .` in the repository") from None
+        if (exc.name or "").split(".")[0] == "kfp":
+            raise UsageError("the Kubeflow Pipelines SDK is not installed: "
+                             "pip install 'efficientdet[pipeline]'") from None
+        raise
+    return kfp_pipelines
 
 
 def _options(args):
-    from pipelines.options import ClusterOptions
+    from efficientdet.kfp_pipelines.options import ClusterOptions
 
     try:
         selector = key_value.parse_list(args.gpu_node_selector, "--gpu-node-selector")
@@ -154,7 +153,7 @@ def _options(args):
 
 def run_compile(args) -> int:
     _pipelines()
-    from pipelines.compile import compile_pipeline
+    from efficientdet.kfp_pipelines.compile import compile_pipeline
 
     path = compile_pipeline(args.pipeline, args.output, _options(args))
     print(f"compiled the {args.pipeline} pipeline to {path}")
@@ -162,7 +161,7 @@ def run_compile(args) -> int:
 
 
 def _params(pipeline_obj, pairs: list[str]) -> dict:
-    from pipelines.params import coerce
+    from efficientdet.kfp_pipelines.params import coerce
 
     try:
         return coerce(pipeline_obj, pairs)
@@ -174,11 +173,11 @@ def run_submit(args) -> int:
     import tempfile
     import time
 
-    pipelines = _pipelines()
+    kfp_pipelines = _pipelines()
     from efficientdet.credentials import no_credentials
-    from pipelines.compile import compile_pipeline
-    from pipelines.params import missing_required
-    from pipelines.submit import SUCCESS, submit, token_from_env
+    from efficientdet.kfp_pipelines.compile import compile_pipeline
+    from efficientdet.kfp_pipelines.params import missing_required
+    from efficientdet.kfp_pipelines.submit import SUCCESS, submit, token_from_env
 
     try:
         no_credentials(args.host, "--host", "$KFP_TOKEN")
@@ -186,7 +185,7 @@ def run_submit(args) -> int:
         raise UsageError(str(exc)) from None
 
     options = _options(args)
-    pipeline_obj = pipelines.build(args.pipeline, options)
+    pipeline_obj = kfp_pipelines.build(args.pipeline, options)
     params = _params(pipeline_obj, args.param)
     missing = missing_required(pipeline_obj, params)
     if missing:
@@ -228,11 +227,11 @@ def _is_kfp_failure(exc: Exception) -> bool:
 
 
 def run_local(args) -> int:
-    pipelines = _pipelines()
-    from pipelines.params import missing_required
-    from pipelines.run_local import run_local as _run
+    kfp_pipelines = _pipelines()
+    from efficientdet.kfp_pipelines.params import missing_required
+    from efficientdet.kfp_pipelines.run_local import run_local as _run
 
-    pipeline_obj = pipelines.build(args.pipeline, pipelines.ClusterOptions.local())
+    pipeline_obj = kfp_pipelines.build(args.pipeline, kfp_pipelines.ClusterOptions.local())
     params = _params(pipeline_obj, args.param)
     missing = missing_required(pipeline_obj, params)
     if missing:

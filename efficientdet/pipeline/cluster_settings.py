@@ -126,19 +126,22 @@ class ClusterSettings:
                 t for t in values["tolerations"] if t not in self.tolerations]
         return replace(self, **values)
 
-    def with_step_parameters(self, *, workers: int = 0, gpus_per_worker: int = -1,
-                             train_image: str = "", worker_cpu: str = "",
-                             worker_memory: str = "", node_selector: str = "",
-                             s3_secret: str = "") -> ClusterSettings:
-        """The training step's pipeline parameters over these settings, by the pipeline's
-        convention: workers 0, gpus_per_worker -1 and "" keep the cluster's value;
-        NODE_SELECTOR is 'k=v[,k=v]'."""
+    def with_step_parameters(self, *, workers: int | None = None,
+                             gpus_per_worker: int | None = None, train_image: str | None = None,
+                             worker_cpu: str | None = None, worker_memory: str | None = None,
+                             node_selector: str | None = None,
+                             s3_secret: str | None = None) -> ClusterSettings:
+        """The training step's pipeline parameters over these settings: None (or "") keeps the
+        cluster's value; NODE_SELECTOR is 'k=v[,k=v]'."""
+        if workers is not None and workers < 1:
+            raise ClusterSettingsError(f"workers={workers}: need at least one worker")
+        if gpus_per_worker is not None and gpus_per_worker < 0:
+            raise ClusterSettingsError(f"gpus_per_worker={gpus_per_worker}: must be >= 0")
         return self.override(
-            workers=workers if workers > 0 else None,
-            gpus_per_worker=gpus_per_worker if gpus_per_worker >= 0 else None,
+            workers=workers, gpus_per_worker=gpus_per_worker,
             train_image=train_image or None, worker_cpu=worker_cpu or None,
             worker_memory=worker_memory or None, s3_secret=s3_secret or None,
-            node_selector=key_value.parse_list(node_selector, "node_selector") or None)
+            node_selector=key_value.parse_list(node_selector or "", "node_selector") or None)
 
 
 def _parse(name: str, key: str, text: str) -> Any:

@@ -81,9 +81,9 @@ def _flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
 # -- train ---------------------------------------------------------------------------------------
 def train_args(*, recipe: str, train_data: str, val_data: str, output: str, model: str = "",
                image_size: int = 0, steps: int = 0, epochs: float = 0.0, batch_size: int = 0,
-               amp: bool = False, xla: bool = False, init: list[str] | None = None,
-               extra: list[str] | None = None) -> list[str]:
-    """`effdet train` arguments for the UI parameters (0/"" = keep the recipe's value);
+               amp: bool | None = None, xla: bool | None = None,
+               init: list[str] | None = None, extra: list[str] | None = None) -> list[str]:
+    """`effdet train` arguments for the UI parameters (None/0/"" = keep the recipe's value);
     INIT: init.* overrides (see `training.initialization.init_overrides`)."""
     sets = [f"data.train={train_data}", f"output={output}"]
     if val_data:
@@ -98,7 +98,8 @@ def train_args(*, recipe: str, train_data: str, val_data: str, output: str, mode
         sets += [f"train.epochs={epochs}", "train.steps=null"]
     if batch_size:
         sets.append(f"data.batch_size={batch_size}")
-    sets += [f"precision.amp={str(amp).lower()}", f"precision.xla={str(xla).lower()}"]
+    sets += [f"precision.{name}={str(value).lower()}"
+             for name, value in (("amp", amp), ("xla", xla)) if value is not None]
     sets += list(init or []) + list(extra or [])
     args = ["--config", recipe]
     for s in sets:
