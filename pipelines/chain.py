@@ -1,10 +1,14 @@
 """What both pipelines share: the parameters after the task's data URIs, the two conversion
 steps, and the steps after conversion (train -> evaluate -> export -> register)."""
 
+# kfp 2.x reads typing.Optional[X] = None as an optional input; it rejects `X | None`.
+# ruff: noqa: UP045
+
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Optional
 
 from kfp import dsl
 
@@ -15,18 +19,21 @@ from components.register import register
 from components.train import train
 from pipelines.options import ClusterOptions, configure, identity
 
-# (name, type, default) after the data URIs, in signature order; None = the task gives it.
-SHARED_PARAMS: tuple[tuple[str, type, object], ...] = (
-    ("recipe", str, None),
-    ("model_name", str, ""),
-    ("image_size", int, 0),
-    ("steps", int, 0),
-    ("epochs", float, 0.0),
-    ("batch_size", int, 0),
+TASK_GIVES = object()  # a default each task's pipeline supplies
+
+# (name, type, default) after the data URIs, in signature order. Training settings default to
+# None: unset, the recipe's value is kept.
+SHARED_PARAMS: tuple[tuple[str, object, object], ...] = (
+    ("recipe", str, TASK_GIVES),
+    ("model_name", Optional[str], None),
+    ("image_size", Optional[int], None),
+    ("steps", Optional[int], None),
+    ("epochs", Optional[float], None),
+    ("batch_size", Optional[int], None),
     ("workers", int, 0),
     ("gpus_per_worker", int, -1),
-    ("amp", bool, True),
-    ("xla", bool, False),
+    ("amp", Optional[bool], None),
+    ("xla", Optional[bool], None),
     ("launcher", str, "auto"),
     ("train_image", str, ""),
     ("worker_cpu", str, ""),
@@ -38,9 +45,9 @@ SHARED_PARAMS: tuple[tuple[str, type, object], ...] = (
     ("eval_batch_size", int, 0),
     ("export_formats", str, "saved_model,onnx"),
     ("max_parity_drop", float, 0.01),
-    ("registered_model_name", str, None),
-    ("metric_name", str, None),
-    ("threshold", float, None),
+    ("registered_model_name", str, TASK_GIVES),
+    ("metric_name", str, TASK_GIVES),
+    ("threshold", float, TASK_GIVES),
     ("alias", str, "champion"),
     ("work_uri", str, ""),
     ("init_from", str, ""),  # pretrained backbone or whole model: URI, models:/NAME@ALIAS
@@ -50,7 +57,7 @@ SHARED_PARAMS: tuple[tuple[str, type, object], ...] = (
 def pipeline_signature(data_params: tuple[str, ...], defaults: dict) -> inspect.Signature:
     """Required str DATA_PARAMS, then SHARED_PARAMS with the task's DEFAULTS filled in."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    missing = [n for n, _, d in SHARED_PARAMS if d is None and n not in defaults]
+    missing = [n for n, _, d in SHARED_PARAMS if d is TASK_GIVES and n not in defaults]
     unknown = set(defaults) - {n for n, _, _ in SHARED_PARAMS}
     if missing or unknown:
         raise ValueError(f"pipeline defaults: missing {missing}, unknown {sorted(unknown)}")

@@ -137,15 +137,17 @@ def _format_progress(step: int, total: int, metrics: dict, lr: float, ips: float
     return "  ".join(parts)
 
 
-def train(config: dict) -> dict:
-    """Train from a config dict (see ``training.config``); returns a summary dict:
+def train(config: config_lib.TrainConfig) -> dict:
+    """Train from a validated `TrainConfig` (``training.config.load_config``); returns a summary dict:
     ``final_step``, ``losses``, ``images_per_second`` (total) and ``_per_rank``, ``model_uri``,
     ``checkpoint``, ``mlflow_run_id``, ``world_size``, ``weights_sha256``, ``resumed_from_step``.
 
     Raises ``TrainingInterrupted`` after SIGTERM/SIGINT (checkpoint written) and
     ``TrainingDiverged`` on a NaN loss.
     """
-    config = config_lib.build_config(config)
+    if not isinstance(config, config_lib.TrainConfig):
+        raise TypeError(f"train(config): expected a TrainConfig (training.config.load_config or "
+                        f"build_config), got {type(config).__name__}")
     from efficientdet.training import distributed
 
     ctx = distributed.init()
@@ -164,7 +166,7 @@ def train(config: dict) -> dict:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(config: dict, ctx, stop: _StopFlag) -> dict:
+def _train(config: config_lib.TrainConfig, ctx, stop: _StopFlag) -> dict:
     import keras
     import tensorflow as tf
 
@@ -179,26 +181,26 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
 
     chief = ctx.is_chief
     initialization.check_init(config)  # a missing pretrained file stops here, not after setup
-    task = get_task(config["task"])
-    config = task.resolve(config)
-    label_map = config.pop("label_map")
-    lengths = _schedule_lengths(config, ctx.size)
+    task = get_task(config.task)
+    config, label_map = task.resolve(config)
+    c = config.to_dict()
+    lengths = _schedule_lengths(c, ctx.size)
     total_steps = lengths["total_steps"]
-    output = config["output"]
-    ckpt_uri = config["checkpoint"]["dir"] or storage.join(output, "checkpoints")
+    output = c["output"]
+    ckpt_uri = c["checkpoint"]["dir"] or storage.join(output, "checkpoints")
 
-    policy = precision_policy(config["precision"]["amp"])
+    policy = precision_policy(c["precision"]["amp"])
     keras.mixed_precision.set_global_policy(policy)
-    keras.utils.set_random_seed(config["seed"])
-    if config["data"]["deterministic"]:
+    keras.utils.set_random_seed(c["seed"])
+    if c["data"]["deterministic"]:
         # Same seed, same loss curve: kernels that reduce in a fixed order (a few percent
         # slower on CPU) on top of the input pipeline's fixed order and augmentation seeds.
         tf.config.experimental.enable_op_determinism()
-    xla = config["precision"]["xla"]
+    xla = c["precision"]["xla"]
 
     model = task.build_model(config)
     init_report = initialization.apply_init(model, config) if chief else {}
-    opt_cfg = config["optimizer"]
+    opt_cfg = c["optimizer"]
     schedule = WarmupCosine(lengths["peak_lr"], total_steps, lengths["warmup_steps"],
                             opt_cfg["warmup_start_factor"])
     optimizer = keras.optimizers.SGD(
@@ -215,9 +217,9 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
     if ema is not None:
         parts["ema"] = ema
     checkpoint = tf.train.Checkpoint(**parts)
-    store = CheckpointStore(checkpoint, ckpt_uri, keep=config["checkpoint"]["keep"],
-                            cache_dir=config["data"]["cache_dir"],
-                            meta={k: config.get(k) for k in ("model", "num_classes",
+    store = CheckpointStore(checkpoint, ckpt_uri, keep=c["checkpoint"]["keep"],
+                            cache_dir=c["data"]["cache_dir"],
+                            meta={k: c.get(k) for k in ("model", "num_classes",
                                                              "image_size", "model_overrides")})
 
     state_vars = list(model.variables) + list(optimizer.variables) + [step_var]
@@ -225,7 +227,7 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
         state_vars += list(ema.shadows) + [ema.num_updates]
 
     restored = None
-    if chief and config["checkpoint"]["resume"]:
+    if chief and c["checkpoint"]["resume"]:
         restored = store.restore_latest()
     ctx.broadcast(state_vars)  # rank 0's initial or restored state everywhere
     start_step = int(step_var.numpy())
@@ -240,10 +242,10 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
     wd = float(opt_cfg["weight_decay"])
     trainable = model.trainable_variables
     frozen = initialization.frozen_mask(model, trainable, config)
-    freeze_steps = config["init"]["freeze_steps"]
+    freeze_steps = c["init"]["freeze_steps"]
     freeze_until = tf.constant(total_steps if freeze_steps is None else freeze_steps, tf.int64)
     if chief and any(frozen):
-        print(f"init.freeze {config['init']['freeze']!r}: {sum(frozen)} of {len(trainable)} "
+        print(f"init.freeze {c['init']['freeze']!r}: {sum(frozen)} of {len(trainable)} "
               f"trainable variables held for {int(freeze_until)} steps", flush=True)
 
     @tf.function(jit_compile=xla, reduce_retracing=True)
@@ -279,7 +281,7 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
         return float(schedule(inner.iterations))
 
     # --- logging (rank 0) --------------------------------------------------------------
-    dl_file = config["logging"]["dllogger_file"]
+    dl_file = c["logging"]["dllogger_file"]
     dl_upload = None
     if chief and dl_file is None:
         if storage.is_remote(output):
@@ -287,17 +289,17 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
             dl_upload = storage.join(output, "dllogger.json")
         else:
             dl_file = str(Path(output) / "dllogger.json")
-    dl = (DLLogger(dl_file, sys.stdout if config["logging"]["dllogger_stdout"] else None)
+    dl = (DLLogger(dl_file, sys.stdout if c["logging"]["dllogger_stdout"] else None)
           if chief else None)
-    meter = ThroughputMeter(config["data"]["batch_size"], ctx.size,
-                            config["train"]["throughput_warmup_steps"])
-    log_every = config["train"]["log_every"]
-    every_ckpt = config["checkpoint"]["every_steps"]
-    run_params = {**config_lib.flatten(config), **{f"derived.{k}": v for k, v in lengths.items()},
+    meter = ThroughputMeter(c["data"]["batch_size"], ctx.size,
+                            c["train"]["throughput_warmup_steps"])
+    log_every = c["train"]["log_every"]
+    every_ckpt = c["checkpoint"]["every_steps"]
+    run_params = {**config.flatten(), **{f"derived.{k}": v for k, v in lengths.items()},
                   "derived.world_size": ctx.size, "derived.precision_policy": policy}
 
     summary: dict = {
-        "task": config["task"], "model": config["model"], "world_size": ctx.size,
+        "task": c["task"], "model": c["model"], "world_size": ctx.size,
         "rank": ctx.rank,
         "precision_policy": policy, "xla": xla, "total_steps": total_steps,
         "resumed_from_step": start_step if restored else None, "restored_checkpoint": restored,
@@ -305,18 +307,18 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
         "peak_lr": lengths["peak_lr"], "mlflow_run_id": None, "init": init_report,
     }
     tracking_ctx = (tracking.step_run("train", params=run_params,
-                                      log_system_metrics=config["logging"]["system_metrics"])
-                    if chief and config["logging"]["mlflow"] else _null_context())
+                                      log_system_metrics=c["logging"]["system_metrics"])
+                    if chief and c["logging"]["mlflow"] else _null_context())
     last_saved = start_step if restored else None
     last_metrics: dict = {}
     with tracking_ctx as run:
         if run is not None:
             summary["mlflow_run_id"] = run.info.run_id
-            tracking.log_dict(config, "config.json")
+            tracking.log_dict(c, "config.json")
         if chief:
             dl.parameters(run_params)
-            print(f"training {config['model']} ({config['task']}, {config['num_classes']} "
-                  f"classes, {config['image_size']} px) on {ctx.size} rank(s): steps "
+            print(f"training {c['model']} ({c['task']}, {c['num_classes']} "
+                  f"classes, {c['image_size']} px) on {ctx.size} rank(s): steps "
                   f"{start_step}->{total_steps}, global batch {lengths['global_batch']}, peak lr "
                   f"{lengths['peak_lr']:.4g}, {policy}{', XLA' if xla else ''}"
                   + (f"; resumed from {restored} (state sha256 {restored_digest})"
@@ -338,7 +340,7 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
                 meter.step()
                 if not math.isfinite(total_loss):
                     raise TrainingDiverged(f"loss is {total_loss} at step {step} "
-                                           f"({config['model']}, {policy})")
+                                           f"({c['model']}, {policy})")
                 if step % log_every == 0 or step == total_steps:
                     values = ctx.average([float(v) for v in losses.values()])
                     last_metrics = dict(zip(losses.keys(), values))
@@ -401,9 +403,9 @@ def _train(config: dict, ctx, stop: _StopFlag) -> dict:
             from efficientdet.models.artifact import save_artifact
 
             meta = {
-                "task": config["task"], "model": config["model"],
-                "num_classes": config["num_classes"], "image_size": config["image_size"],
-                "label_map": label_map, "overrides": config.get("model_overrides") or {},
+                "task": c["task"], "model": c["model"],
+                "num_classes": c["num_classes"], "image_size": c["image_size"],
+                "label_map": label_map, "overrides": c.get("model_overrides") or {},
                 "training": {k: summary[k] for k in (
                     "final_step", "losses", "images_per_second", "world_size",
                     "precision_policy", "mlflow_run_id")} | {"ema": ema is not None},
