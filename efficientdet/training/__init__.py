@@ -1,6 +1,6 @@
-"""Training: the loop (``loop.train``), Horovod glue, schedules, EMA, checkpoints, logging.
+"""Training: the Trainer and its hooks (``loop.train``), Horovod glue, schedules, EMA, checkpoints,
 
-``train(config) -> summary`` is the API the CLI and the pipeline call; ``load_config`` reads a
+``train(config) -> summary`` (`loop`: the `Trainer` with its `hooks`) is the API the CLI and the pipeline call; ``load_config`` reads a
 recipe or a written config document (a file, a bundled name or an s3:// URI) with ``key=value``
 overrides into a validated `TrainConfig`.
 """

@@ -1,6 +1,6 @@
 """What differs between training a detector and a classifier: model, input, loss, metadata.
 
-The loop in ``training.loop`` is task-agnostic; it asks a task for these pieces.
+The `Trainer` (``training.trainer``) is task-agnostic; it asks a task for these pieces.
 """
 
 from __future__ import annotations
