@@ -1,8 +1,8 @@
-"""Training: the Trainer and its hooks (``loop.train``), Horovod glue, schedules, EMA, checkpoints,
+"""Training: the Trainer and its hooks, Horovod glue, schedules, EMA, checkpoints, logging.
 
-``train(config) -> summary`` (`loop`: the `Trainer` with its `hooks`) is the API the CLI and the pipeline call; ``load_config`` reads a
-recipe or a written config document (a file, a bundled name or an s3:// URI) with ``key=value``
-overrides into a validated `TrainConfig`.
+``train(config) -> summary`` (`loop`: the `Trainer` with the standard hooks) is the API the CLI
+and the pipeline call; ``load_config`` reads a recipe or a written config document (a file, a
+bundled name or an s3:// URI) with ``key=value`` overrides into a validated `TrainConfig`.
 """
 
 from __future__ import annotations
