@@ -1,5 +1,7 @@
 """Distributed training: an MPIJob in a cluster, `horovodrun --gloo` elsewhere (a Model artifact)."""
 
+# kfp 2.x reads typing.Optional[X] = None as an optional input; it rejects `X | None`.
+
 from typing import Optional
 
 from kfp import dsl
@@ -22,22 +24,25 @@ def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Da
           node_selector: Optional[str] = None, deadline_seconds: Optional[int] = None,
           work_uri: Optional[str] = None):
     """Ranks = workers x max(1, gpus_per_worker). Training settings left None keep the
-    recipe's value; cluster settings left None take the cluster's defaults.
+    recipe's value (the recipe and the set values become one config document the ranks
+    read); cluster settings left None take the cluster's defaults.
     init_from: a backbone or whole-model URI (artifact, models:/NAME@ALIAS, checkpoint)."""
     from efficientdet.pipeline import runs
     from efficientdet.pipeline import steps as st
     from efficientdet.pipeline.cluster_settings import ClusterSettings
     from efficientdet.pipeline.launcher import backend_for
+    from efficientdet.training.config import TrainOverrides
     from efficientdet.training.initialization import init_overrides
 
     train_uri = train_data.metadata.get("uri") or train_data.path
     val_uri = val_data.metadata.get("uri") or val_data.path
     with runs.step_context(kfp_run_id, kfp_task):
         out = st.output_dir(work_uri, kfp_run_id, kfp_task, model.path)
-        args = st.train_args(recipe=recipe, train_data=train_uri, val_data=val_uri, output=out,
-                             model=model_name, image_size=image_size, steps=steps, epochs=epochs,
-                             batch_size=batch_size, amp=amp, xla=xla,
-                             init=init_overrides(init_from, task), extra=[f"task={task}"])
+        overrides = TrainOverrides(
+            task=task, model=model_name, image_size=image_size, steps=steps, epochs=epochs,
+            batch_size=batch_size, amp=amp, xla=xla, train_data=train_uri,
+            val_data=val_uri or None, **init_overrides(init_from, task))
+        args = st.write_train_config(recipe=recipe, overrides=overrides, output=out)
         cluster = ClusterSettings.from_env().with_step_parameters(
             workers=workers, gpus_per_worker=gpus_per_worker, train_image=train_image,
             worker_cpu=worker_cpu, worker_memory=worker_memory, node_selector=node_selector,

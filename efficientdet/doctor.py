@@ -76,11 +76,11 @@ def check_tensorflow(report: Report) -> None:
         report.add("amp", False, f"{policy} unsupported: {exc.__class__.__name__}")
 
     try:
-        from tensorflow.python.compiler.tensorrt import trt_convert  # noqa: F401
+        from tensorflow.python.compiler.tensorrt import trt_convert
         from tensorflow.python.compiler.tensorrt import utils as trt_utils
 
         linked = trt_utils.is_linked_tensorrt_version_greater_equal(8, 0, 0)
-        loaded = trt_convert._pywrap_py_utils.is_tensorrt_enabled()  # noqa: SLF001
+        loaded = trt_convert._pywrap_py_utils.is_tensorrt_enabled()
         ok = bool(linked and loaded)
         detail = "TensorRT linked and loaded" if ok else (
             "TensorFlow is built without TensorRT (use the NGC training image)"
@@ -105,7 +105,7 @@ def check_horovod(report: Report) -> None:
 
 def _http_ok(url: str, timeout: float) -> tuple[bool, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - user-configured URL
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status < 400, f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
         return False, f"HTTP {exc.code}"

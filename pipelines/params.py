@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import Field
-
 from efficientdet import key_value
 from efficientdet import validation as v
 

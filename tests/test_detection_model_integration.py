@@ -7,8 +7,8 @@ import tensorflow as tf
 from efficientdet.detection.anchors import Anchors, flatten_outputs
 from efficientdet.detection.losses import detection_loss
 from efficientdet.detection.postprocess import postprocess
-from efficientdet.detection.regularization import kernel_variables, l2_loss
 from efficientdet.detection.targets import encode_targets
+from efficientdet.training.regularization import kernel_variables, l2_loss
 
 pytestmark = pytest.mark.slow
 NUM_CLASSES = 3

@@ -104,6 +104,11 @@ def test_ui_parameters_and_defaults(tmp_path):
                  "metric_name", "alias", "registered_model_name"):
         assert name in params, name
     assert params["amp"]["parameterType"] == "BOOLEAN"
+    for name in ("amp", "xla", "steps", "epochs", "batch_size", "image_size", "model_name"):
+        # unset in the UI = the recipe's value: optional, no default that would replace it
+        assert params[name].get("isOptional") is True and "defaultValue" not in params[name]
+    train_inputs = spec["components"]["comp-train"]["inputDefinitions"]["parameters"]
+    assert train_inputs["xla"].get("isOptional") is True
     assert params["threshold"]["parameterType"] == "NUMBER_DOUBLE"
     assert "defaultValue" not in params["train_annotations_uri"]  # required in the UI
 

@@ -126,18 +126,84 @@ def test_register_needs_tracking(monkeypatch, tmp_path):
                        threshold=0)
 
 
-def test_train_args_cover_the_ui_parameters():
-    args = steps.train_args(recipe="synth-detection", train_data="s3://b/train",
-                            val_data="s3://b/val", output="s3://b/out", model="efficientdet-d1",
-                            image_size=256, epochs=3, batch_size=4, amp=True, xla=False)
-    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-    assert args[:2] == ["--config", "synth-detection"]
-    assert {"data.train=s3://b/train", "data.val=s3://b/val", "output=s3://b/out",
-            "model=efficientdet-d1", "image_size=256", "train.epochs=3", "train.steps=null",
-            "data.batch_size=4", "precision.amp=true", "precision.xla=false"} <= set(sets)
-    # amp/xla left unset (None) keep the recipe's values: no override at all
-    kept = steps.train_args(recipe="synth-detection", train_data="t", val_data="v", output="o")
-    assert not [a for a in kept if a.startswith("precision.")]
+def _trained_config(monkeypatch, tmp_path, recipe: str, **settings):
+    """The TrainConfig `loop.train` receives when the train component runs with SETTINGS: the
+    backend runs `effdet train` with the component's arguments in this process."""
+    from types import SimpleNamespace
+
+    from efficientdet.cli import main
+    from efficientdet.kfp_components.train import train as component
+    from efficientdet.pipeline import launcher as launcher_module
+    from efficientdet.training import loop
+
+    received = []
+
+    def fake_train(config):
+        received.append(config)
+        steps.storage.write_text(steps.storage.join(config.output, "summary.json"),
+                                 json.dumps({"model_uri": config.output, "final_step": 1}))
+        return {"rank": 0}
+
+    class InProcess:
+        def run(self, train_args, *, env):
+            assert main(["train", *train_args]) == 0
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    monkeypatch.setattr(launcher_module, "backend_for", lambda *a, **k: InProcess())
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def artifact(name, uri=""):
+        (tmp_path / name).mkdir(exist_ok=True)
+        return SimpleNamespace(path=str(tmp_path / name), metadata={"uri": uri} if uri else {})
+
+    metrics = SimpleNamespace(log_metric=lambda *a: None)
+    component.python_func(
+        task="detection", recipe=recipe, train_data=artifact("train", "s3://b/train"),
+        val_data=artifact("val", "s3://b/val"), launcher="local", s3_secret="",
+        mlflow_secret="", cleanup="delete-on-success", kfp_run_id="run-1", kfp_task="train",
+        model=artifact("model"),
+        metrics=metrics, summary=SimpleNamespace(path=str(tmp_path / "summary.md")),
+        **settings)
+    assert len(received) == 1
+    return received[0]
+
+
+def test_unset_pipeline_settings_keep_the_recipe(monkeypatch, tmp_path):
+    """The xla bug: the pipeline used to send precision.xla=false whatever the recipe said."""
+    config = _trained_config(monkeypatch, tmp_path, "efficientdet-d0-coco")
+    assert config.precision.xla is True and config.precision.amp is True
+    assert config.train.epochs == 300 and config.data.batch_size == 64
+    assert config.init.backbone == "efficientnet-b0"
+    assert (config.data.train, config.data.val) == ("s3://b/train", "s3://b/val")
+    assert config.output == str(tmp_path / "model")
+
+
+@pytest.mark.parametrize("amp, xla", [(False, False), (True, False), (False, True)])
+def test_set_pipeline_settings_arrive_as_values(monkeypatch, tmp_path, amp, xla):
+    config = _trained_config(monkeypatch, tmp_path, "efficientdet-d0-coco", amp=amp, xla=xla,
+                             steps=12, batch_size=4, model_name="efficientdet-d1",
+                             image_size=256)
+    assert (config.precision.amp, config.precision.xla) == (amp, xla)
+    assert (config.train.steps, config.data.batch_size) == (12, 4)
+    assert (config.model, config.image_size) == ("efficientdet-d1", 256)
+    assert config.optimizer.lr == 0.08  # untouched recipe value
+
+
+def test_pipeline_epochs_replace_the_recipe_steps(monkeypatch, tmp_path):
+    config = _trained_config(monkeypatch, tmp_path, "synth-detection", epochs=2.5)
+    assert config.train.steps is None and config.train.epochs == 2.5
+    assert config.precision.xla is False  # the synth recipe's own value
+
+
+def test_train_config_document_is_the_resolved_recipe(tmp_path):
+    from efficientdet.training.config import TrainOverrides, load_config
+
+    args = steps.write_train_config(recipe="synth-detection", output=str(tmp_path),
+                                    overrides=TrainOverrides(train_data="d", batch_size=2))
+    assert args == ["--config", str(tmp_path / steps.TRAIN_CONFIG_FILE)]
+    expected = load_config("synth-detection", ["data.train=d", "data.batch_size=2",
+                                               f"output={tmp_path}"])
+    assert load_config(args[1]) == expected
 
 
 def test_horovodrun_command_and_backend_choice(monkeypatch):

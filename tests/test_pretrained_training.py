@@ -4,7 +4,7 @@ weights which are not there."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import pytest
 
 import efficientdet  # noqa: F401  (protobuf shim before TensorFlow)
 from efficientdet.cli import main
-from efficientdet.training.config import ConfigError, build_config
+from efficientdet.training.config import ConfigError, TrainOverrides, build_config, load_config
 from tests.test_training_unit import write_detection_set
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "automl-efficientdet-d0"
@@ -53,7 +53,7 @@ def test_init_model_keeps_everything_but_the_class_head(imported_d0, tmp_path):
     from efficientdet.training.initialization import apply_init
 
     source = _by_name(load_artifact(str(imported_d0))[0])
-    config = {**_config(tmp_path, model=str(imported_d0)), "num_classes": 4}
+    config = dataclasses.replace(_config(tmp_path, model=str(imported_d0)), num_classes=4)
     model = build_model("efficientdet-d0", 4, 128)
     report = apply_init(model, config)["model"]
     assert report["reinitialised"] == ["class_net_predict/depthwise_kernel",
@@ -164,10 +164,16 @@ def test_pipeline_init_from_picks_model_or_backbone(tmp_path):
     save_artifact(build_model("efficientnet-b0", num_classes=3, image_size=64),
                   {"task": "classification", "model": "efficientnet-b0", "num_classes": 3,
                    "image_size": 64}, str(tmp_path / "cls"))
-    assert init_overrides(str(tmp_path / "cls"), "detection") == [
-        f"init.backbone={tmp_path / 'cls'}"]
-    assert init_overrides(str(tmp_path / "cls"), "classification") == [
-        f"init.model={tmp_path / 'cls'}", "init.backbone=null"]
-    assert init_overrides("", "detection") == []
-    summary = json.dumps(init_overrides("ckpt/efficientnet-b0", "detection"))
-    assert "init.backbone=ckpt/efficientnet-b0" in summary
+    cls = str(tmp_path / "cls")
+    assert init_overrides(cls, "detection") == {"init_backbone": cls}
+    assert init_overrides(cls, "classification") == {"init_model": cls}
+    assert init_overrides("", "detection") == {}
+    assert init_overrides("ckpt/efficientnet-b0", "detection") == {
+        "init_backbone": "ckpt/efficientnet-b0"}
+    # the values the trainer receives: the recipe's backbone replaced, or dropped for a model
+    d0 = load_config("efficientdet-d0-coco",
+                     overrides=TrainOverrides(**init_overrides(cls, "detection")))
+    assert d0.init.backbone == cls and d0.init.model is None
+    b0 = load_config("efficientnet-b0-imagenet", ["init.backbone=x"],
+                     overrides=TrainOverrides(**init_overrides(cls, "classification")))
+    assert b0.init.model == cls and b0.init.backbone is None

@@ -82,10 +82,11 @@ def test_defaults_overrides_and_types():
     c = cfg.build_config({"data": {"train": "d"}},
                          ["train.steps=5", "optimizer.lr=0.2", "precision.amp=true",
                           "model_overrides.drop_connect_rate=0.1", "checkpoint.dir=null"])
-    assert c["train"]["steps"] == 5 and c["optimizer"]["lr"] == 0.2
-    assert c["precision"]["amp"] is True and c["checkpoint"]["dir"] is None
-    assert c["model_overrides"] == {"drop_connect_rate": 0.1}
-    assert c["optimizer"]["momentum"] == 0.9  # untouched default
+    assert isinstance(c, cfg.TrainConfig)
+    assert c.train.steps == 5 and c.optimizer.lr == 0.2
+    assert c.precision.amp is True and c.checkpoint.dir is None
+    assert c.model_overrides == {"drop_connect_rate": 0.1}
+    assert c.optimizer.momentum == 0.9  # untouched default
 
 
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
@@ -93,8 +94,8 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data: {train: d}\noptimizer: {weight_decay: 5e-5}\n")
     c = cfg.load_config(str(recipe), ["optimizer.lr=8E-2", "output=1e5x"])
-    assert c["optimizer"]["weight_decay"] == 5e-5 and c["optimizer"]["lr"] == 0.08
-    assert c["output"] == "1e5x"
+    assert c.optimizer.weight_decay == 5e-5 and c.optimizer.lr == 0.08
+    assert c.output == "1e5x"
 
 
 @pytest.mark.parametrize("user,overrides,needle", [
@@ -129,12 +130,12 @@ def test_bundled_configs_load_by_name():
         assert required in names
     for name in names:
         c = cfg.load_config(name)
-        assert c["task"] in cfg.TASKS
+        assert c.task in cfg.TASKS
     d0 = cfg.load_config("efficientdet-d0-coco", ["data.batch_size=16"])
-    assert d0["optimizer"]["lr"] == 0.08 and d0["optimizer"]["reference_batch"] == 64
-    assert d0["optimizer"]["ema_decay"] == 0.9998 and d0["optimizer"]["clip_norm"] == 10.0
-    assert d0["optimizer"]["weight_decay"] == 4e-5 and d0["train"]["epochs"] == 300
-    assert d0["data"]["batch_size"] == 16
+    assert d0.optimizer.lr == 0.08 and d0.optimizer.reference_batch == 64
+    assert d0.optimizer.ema_decay == 0.9998 and d0.optimizer.clip_norm == 10.0
+    assert d0.optimizer.weight_decay == 4e-5 and d0.train.epochs == 300
+    assert d0.data.batch_size == 16
     with pytest.raises(cfg.ConfigError, match="no-such-recipe"):
         cfg.load_config("no-such-recipe")
 
@@ -149,6 +150,68 @@ def test_config_file_error_names_file(tmp_path):
 def test_flatten():
     assert cfg.flatten({"a": {"b": 1, "c": {"d": None}}, "e": {}}) == {
         "a.b": 1, "a.c.d": None, "e": {}}
+
+
+def test_config_round_trips_through_dict_and_yaml_document(tmp_path):
+    c = cfg.load_config("efficientdet-d0-coco", ["data.randaugment={num_layers: 2}"])
+    assert cfg.TrainConfig.from_dict(c.to_dict()) == c
+    uri = cfg.write_config(c, str(tmp_path / "run" / "train-config.yaml"))
+    assert cfg.load_config(uri) == c  # exponent floats (4e-5) and nulls survive the document
+    flat = c.flatten()
+    assert flat["optimizer.weight_decay"] == 4e-5 and flat["precision.xla"] is True
+    assert flat["data.randaugment.num_layers"] == 2 and flat["model_overrides"] == {}
+
+
+def test_config_document_loads_from_storage_uri(monkeypatch):
+    documents = {}
+    monkeypatch.setattr(cfg.storage, "write_text", lambda uri, text: documents.update({uri: text}))
+    monkeypatch.setattr(cfg.storage, "read_text", lambda uri: documents[uri])
+    c = cfg.load_config("synth-detection", ["train.steps=7"])
+    cfg.write_config(c, "s3://bucket/run/train-config.yaml")
+    assert cfg.load_config("s3://bucket/run/train-config.yaml").train.steps == 7
+
+
+def test_overrides_none_keeps_the_recipe():
+    d0 = cfg.load_config("efficientdet-d0-coco")
+    kept = cfg.apply_overrides(d0, cfg.TrainOverrides())
+    assert kept == d0 and kept.precision.xla is True and kept.precision.amp is True
+    off = cfg.apply_overrides(d0, cfg.TrainOverrides(xla=False, amp=False))
+    assert off.precision == cfg.PrecisionConfig(amp=False, xla=False)
+    changed = cfg.apply_overrides(d0, cfg.TrainOverrides(
+        model="efficientdet-d1", image_size=640, batch_size=4, lr=0.01, ema_decay=0.0,
+        train_data="s3://b/train", val_data="s3://b/val", output="s3://b/out", task="detection"))
+    assert (changed.model, changed.image_size, changed.data.batch_size) == (
+        "efficientdet-d1", 640, 4)
+    assert (changed.optimizer.lr, changed.optimizer.ema_decay) == (0.01, 0.0)
+    assert (changed.data.train, changed.data.val, changed.output) == (
+        "s3://b/train", "s3://b/val", "s3://b/out")
+    assert changed.train == d0.train and changed.init == d0.init
+
+
+def test_overrides_epochs_replace_steps_and_init_model_drops_backbone():
+    synth = cfg.load_config("synth-detection")
+    assert synth.train.steps == 600
+    by_epochs = cfg.apply_overrides(synth, cfg.TrainOverrides(epochs=3))
+    assert by_epochs.train.steps is None and by_epochs.train.epochs == 3
+    by_steps = cfg.apply_overrides(synth, cfg.TrainOverrides(epochs=3, steps=9))
+    assert by_steps.train.steps == 9
+    d0 = cfg.load_config("efficientdet-d0-coco")
+    whole = cfg.apply_overrides(d0, cfg.TrainOverrides(init_model="m"))
+    assert whole.init.model == "m" and whole.init.backbone is None
+
+
+def test_bad_override_value_names_the_config_key():
+    synth = cfg.load_config("synth-detection")
+    with pytest.raises(cfg.ConfigError, match=r"'train\.steps'"):
+        cfg.apply_overrides(synth, cfg.TrainOverrides(steps=0))
+    with pytest.raises(cfg.ConfigError, match=r"'precision\.xla'"):
+        cfg.apply_overrides(synth, cfg.TrainOverrides(xla="yes"))
+
+
+def test_config_is_immutable():
+    c = cfg.load_config("synth-detection")
+    with pytest.raises(AttributeError):
+        c.precision.xla = True
 
 
 # --- schedule ------------------------------------------------------------------------------
@@ -282,7 +345,9 @@ def test_model_overrides_and_image_size_are_checked_against_the_model(tmp_path):
             "dropout_rat": 0.1}}))
     with pytest.raises(cfg.ConfigError, match="'image_size': 300 is not a multiple of 128"):
         get_task("detection").resolve(cfg.build_config({**base, "image_size": 300}))
-    assert get_task("detection").resolve(cfg.build_config(base))["num_classes"] == 1
+    resolved, label_map = get_task("detection").resolve(cfg.build_config(base))
+    assert resolved.num_classes == 1 and resolved.image_size == 512
+    assert label_map == {"classes": [{"id": 1, "name": "a"}]}
 
 
 def test_label_map_errors_are_not_reported_as_missing(tmp_path, monkeypatch):

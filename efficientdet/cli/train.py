@@ -12,7 +12,8 @@ def register(sub) -> None:
         "checkpoint directory. Bundled recipes: efficientdet-d0-coco, efficientnet-b0-imagenet, "
         "synth-detection, synth-classification.")
     p.add_argument("--config", required=True, metavar="FILE_OR_NAME",
-                   help="a YAML recipe file, or the name of a bundled one")
+                   help="a YAML recipe or config document (local file or s3:// URI), or the "
+                   "name of a bundled recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted, YAML value), e.g. --set train.steps=100")
     p.add_argument("--output", help="shortcut for --set output=URI (local path or s3://)")
@@ -33,28 +34,17 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
 
-    import yaml
-
     from efficientdet.cli import UsageError
-    from efficientdet.training.config import ConfigError, load_config
+    from efficientdet.training.config import ConfigError, TrainOverrides, load_config
 
-    overrides = list(args.overrides)
-    if args.output:
-        overrides.append(f"output={args.output}")
-    if args.init_model:
-        overrides += [f"init.model={args.init_model}", "init.backbone=null"]
-    if args.init_backbone:
-        overrides.append(f"init.backbone={args.init_backbone}")
-    if args.amp:
-        overrides.append("precision.amp=true")
-    if args.xla:
-        overrides.append("precision.xla=true")
+    flags = TrainOverrides(output=args.output, init_model=args.init_model,
+                           init_backbone=args.init_backbone, amp=args.amp, xla=args.xla)
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, args.overrides, flags)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
     if args.print_config:
-        print(yaml.safe_dump(config, sort_keys=False), end="")
+        print(config.to_yaml(), end="")
         return 0
 
     import logging

@@ -8,6 +8,7 @@ Markdown summary that links to that run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 from efficientdet import storage, tracking
 from efficientdet.model_tasks import check_task
 from efficientdet.pipeline import launcher, runs
+from efficientdet.training.config import TrainOverrides, load_config, write_config
 
 
 class StepError(RuntimeError):
@@ -79,32 +81,16 @@ def _flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
 
 
 # -- train ---------------------------------------------------------------------------------------
-def train_args(*, recipe: str, train_data: str, val_data: str, output: str, model: str = "",
-               image_size: int = 0, steps: int = 0, epochs: float = 0.0, batch_size: int = 0,
-               amp: bool | None = None, xla: bool | None = None,
-               init: list[str] | None = None, extra: list[str] | None = None) -> list[str]:
-    """`effdet train` arguments for the UI parameters (None/0/"" = keep the recipe's value);
-    INIT: init.* overrides (see `training.initialization.init_overrides`)."""
-    sets = [f"data.train={train_data}", f"output={output}"]
-    if val_data:
-        sets.append(f"data.val={val_data}")
-    if model:
-        sets.append(f"model={model}")
-    if image_size:
-        sets.append(f"image_size={image_size}")
-    if steps:
-        sets.append(f"train.steps={steps}")
-    elif epochs:
-        sets += [f"train.epochs={epochs}", "train.steps=null"]
-    if batch_size:
-        sets.append(f"data.batch_size={batch_size}")
-    sets += [f"precision.{name}={str(value).lower()}"
-             for name, value in (("amp", amp), ("xla", xla)) if value is not None]
-    sets += list(init or []) + list(extra or [])
-    args = ["--config", recipe]
-    for s in sets:
-        args += ["--set", s]
-    return args
+TRAIN_CONFIG_FILE = "train-config.yaml"
+
+
+def write_train_config(*, recipe: str, overrides: TrainOverrides, output: str) -> list[str]:
+    """Resolves RECIPE + OVERRIDES (None fields keep the recipe's values) into one validated
+    config with OUTPUT as its output, writes it to OUTPUT/train-config.yaml and returns the
+    `effdet train` arguments that train from that document. The ranks read exactly the values
+    resolved here: nothing the UI left unset can replace a recipe value on the way."""
+    config = load_config(recipe, overrides=dataclasses.replace(overrides, output=output))
+    return ["--config", write_config(config, storage.join(output, TRAIN_CONFIG_FILE))]
 
 
 def train(args: list[str], output: str, backend: launcher.Backend,

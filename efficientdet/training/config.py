@@ -1,22 +1,36 @@
-"""Training configuration: a YAML recipe, dotted ``--set`` overrides, validated against one schema.
+"""Training configuration: a recipe plus overrides, validated once into a typed `TrainConfig`.
 
-The schema below is both the list of keys a recipe may set and their defaults, so a typo in a
-recipe or an override fails before anything is built, with the key named. Bundled recipes
+The section dataclasses below are both the list of keys a recipe may set and their defaults, so
+a typo in a recipe or an override fails before anything is built, with the key named. A config
+is built in one place (`build_config`): defaults <- recipe <- ``--set a.b=value`` strings <-
+`TrainOverrides` (typed, None = keep the recipe). The result is written as one YAML document
+(`write_config`) that the trainer loads back unchanged (`load_config`), so a value set in the
+pipeline UI arrives as that value and an unset one leaves the recipe alone. Bundled recipes
 (``efficientdet/configs/*.yaml``) are addressable by name.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from efficientdet import storage
 from efficientdet import validation as v
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+TASKS = ("detection", "classification")
+
+
+class ConfigError(ValueError):
+    """A recipe or an override is invalid; the message names the key."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -30,111 +44,204 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."),
 )
 
-_ANY = object()  # a free-form mapping (model overrides): not validated key by key
 
-# key -> (default, allowed types). Nested dicts are sections.
-SCHEMA: dict[str, Any] = {
-    "task": ("detection", (str,)),
-    "model": ("efficientdet-d0", (str,)),
-    "num_classes": (None, (int, type(None))),  # None: from the training data's label_map.json
-    "image_size": (None, (int, type(None))),  # None: the variant's native input size
-    "model_overrides": ({}, _ANY),  # passed to models.build_model (e.g. dropout_rate)
-    "seed": (0, (int,)),
-    "output": ("runs/train", (str,)),
-    "data": {
-        "train": (None, (str, type(None))),  # converted dataset dir (or shard glob), local or s3
-        "val": (None, (str, type(None))),
-        "num_examples": (None, (int, type(None))),  # None: count the training records
-        "batch_size": (8, (int,)),  # per rank
-        "cache_dir": (None, (str, type(None))),  # where s3 shards are copied
-        # Same seed, same run: fixed input order and augmentation, deterministic kernels.
-        "deterministic": (False, (bool,)),
-        "randaugment": (None, (dict, list, type(None))),  # classification: {num_layers, magnitude}
-    },
-    "init": {  # pretrained weights (see training.initialization)
-        "backbone": (None, (str, type(None))),  # keras.applications .h5, automl ckpt, artifact
-        "model": (None, (str, type(None))),  # a whole model artifact (e.g. imported automl D0)
-        "freeze": (None, (str, type(None))),  # regex over "layer/variable" names held fixed
-        "freeze_steps": (None, (int, type(None))),  # None: the whole run
-    },
-    "train": {
-        "steps": (None, (int, type(None))),  # total steps; None: epochs * steps_per_epoch
-        "epochs": (1.0, (int, float)),
-        "log_every": (10, (int,)),
-        "throughput_warmup_steps": (2, (int,)),
-    },
-    "optimizer": {
-        "lr": (0.08, (int, float)),  # per reference_batch images, scaled by the global batch
-        "reference_batch": (64, (int,)),
-        "momentum": (0.9, (int, float)),
-        "nesterov": (False, (bool,)),
-        "warmup_epochs": (1.0, (int, float)),
-        "warmup_steps": (None, (int, type(None))),  # overrides warmup_epochs when set
-        "warmup_start_factor": (0.1, (int, float)),  # lr at step 0 = factor * peak lr
-        "weight_decay": (4e-5, (int, float)),  # L2: wd * sum(w^2) / 2 over kernels
-        "clip_norm": (10.0, (int, float, type(None))),  # global norm; None or 0: off
-        # Clip each gradient tensor to clip_norm before the global norm, as automl does.
-        "clip_per_tensor": (True, (bool,)),
-        "label_smoothing": (0.0, (int, float)),
-        "ema_decay": (0.9998, (int, float)),  # 0: no EMA
-    },
-    "precision": {
-        "amp": (False, (bool,)),  # mixed_float16 + loss scaling on GPU, mixed_bfloat16 on CPU
-        "xla": (False, (bool,)),  # jit_compile the forward/backward step
-    },
-    "checkpoint": {
-        "dir": (None, (str, type(None))),  # None: <output>/checkpoints
-        "every_steps": (100, (int,)),
-        "keep": (3, (int,)),
-        "resume": (True, (bool,)),
-    },
-    "logging": {
-        "dllogger_file": (None, (str, type(None))),  # None: <output>/dllogger.json (rank 0)
-        "dllogger_stdout": (True, (bool,)),
-        "mlflow": (True, (bool,)),
-        "system_metrics": (True, (bool,)),
-    },
-}
-
-TASKS = ("detection", "classification")
-
-# Value rules per key, checked after the types of SCHEMA (a key without a rule takes any value
-# of its type). Numbers are finite; a learning rate of -0.1 or 0 epochs is refused up front.
-RULES: dict[str, Any] = {
-    "num_classes": v.PositiveInt | None,
-    "image_size": v.PositiveInt | None,
-    "data.num_examples": v.PositiveInt | None,
-    "data.batch_size": v.PositiveInt,
-    "train.steps": v.PositiveInt | None,
-    "train.epochs": v.PositiveNumber,
-    "train.log_every": v.PositiveInt,
-    "train.throughput_warmup_steps": v.NonNegativeInt,
-    "optimizer.lr": v.PositiveNumber,
-    "optimizer.reference_batch": v.PositiveInt,
-    "optimizer.momentum": v.Fraction,
-    "optimizer.warmup_epochs": v.NonNegativeNumber,
-    "optimizer.warmup_steps": v.NonNegativeInt | None,
-    "optimizer.warmup_start_factor": v.Probability,
-    "optimizer.weight_decay": v.NonNegativeNumber,
-    "optimizer.clip_norm": v.NonNegativeNumber | None,
-    "optimizer.label_smoothing": v.Fraction,
-    "optimizer.ema_decay": v.Fraction,
-    "checkpoint.every_steps": v.PositiveInt,
-    "checkpoint.keep": v.PositiveInt,
-    "init.freeze_steps": v.NonNegativeInt | None,
-}
+def _setting(default: Any, rule: Any):
+    """A config key: its default and the value rule (`efficientdet.validation`) it must meet
+    beyond its annotated type."""
+    return field(default=default, metadata={"rule": rule})
 
 
-class ConfigError(ValueError):
-    """A recipe or an override is invalid; the message names the key."""
+# -- the schema: one dataclass per section -------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    train: str | None = None  # converted dataset dir (or shard glob), local or s3
+    val: str | None = None
+    num_examples: int | None = _setting(None, v.PositiveInt | None)  # None: count the records
+    batch_size: int = _setting(8, v.PositiveInt)  # per rank
+    cache_dir: str | None = None  # where s3 shards are copied
+    # Same seed, same run: fixed input order and augmentation, deterministic kernels.
+    deterministic: bool = False
+    randaugment: dict | list | None = None  # classification: {num_layers, magnitude}
 
 
-def defaults(schema: dict | None = None) -> dict:
-    schema = SCHEMA if schema is None else schema
-    out = {}
-    for key, spec in schema.items():
-        out[key] = defaults(spec) if isinstance(spec, dict) else copy.deepcopy(spec[0])
-    return out
+@dataclass(frozen=True)
+class InitConfig:
+    """Pretrained weights (see `training.initialization`)."""
+
+    backbone: str | None = None  # keras.applications .h5, automl checkpoint, artifact
+    model: str | None = None  # a whole model artifact (e.g. imported automl D0)
+    freeze: str | None = None  # regex over "layer/variable" names held fixed
+    freeze_steps: int | None = _setting(None, v.NonNegativeInt | None)  # None: the whole run
+
+
+@dataclass(frozen=True)
+class TrainSchedule:
+    steps: int | None = _setting(None, v.PositiveInt | None)  # None: epochs * steps_per_epoch
+    epochs: float = _setting(1.0, v.PositiveNumber)
+    log_every: int = _setting(10, v.PositiveInt)
+    throughput_warmup_steps: int = _setting(2, v.NonNegativeInt)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float = _setting(0.08, v.PositiveNumber)  # per reference_batch images, scaled
+    reference_batch: int = _setting(64, v.PositiveInt)
+    momentum: float = _setting(0.9, v.Fraction)
+    nesterov: bool = False
+    warmup_epochs: float = _setting(1.0, v.NonNegativeNumber)
+    warmup_steps: int | None = _setting(None, v.NonNegativeInt | None)  # over warmup_epochs
+    warmup_start_factor: float = _setting(0.1, v.Probability)  # lr at step 0 = factor * peak
+    weight_decay: float = _setting(4e-5, v.NonNegativeNumber)  # L2: wd * sum(w^2) / 2, kernels
+    clip_norm: float | None = _setting(10.0, v.NonNegativeNumber | None)  # None or 0: off
+    # Clip each gradient tensor to clip_norm before the global norm, as automl does.
+    clip_per_tensor: bool = True
+    label_smoothing: float = _setting(0.0, v.Fraction)
+    ema_decay: float = _setting(0.9998, v.Fraction)  # 0: no EMA
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    amp: bool = False  # mixed_float16 + loss scaling on GPU, mixed_bfloat16 on CPU
+    xla: bool = False  # jit_compile the forward/backward step
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    dir: str | None = None  # None: <output>/checkpoints
+    every_steps: int = _setting(100, v.PositiveInt)
+    keep: int = _setting(3, v.PositiveInt)
+    resume: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    dllogger_file: str | None = None  # None: <output>/dllogger.json (rank 0)
+    dllogger_stdout: bool = True
+    mlflow: bool = True
+    system_metrics: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A validated training run. Build it with `build_config` / `load_config`, never by hand:
+    those check every key, type and value rule."""
+
+    task: str = "detection"
+    model: str = "efficientdet-d0"
+    num_classes: int | None = _setting(None, v.PositiveInt | None)  # None: from label_map.json
+    image_size: int | None = _setting(None, v.PositiveInt | None)  # None: the variant's size
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # models.build_model keywords
+    seed: int = 0
+    output: str = "runs/train"
+    data: DataConfig = field(default_factory=DataConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    train: TrainSchedule = field(default_factory=TrainSchedule)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dicts and values (a deep copy): what a recipe file holds."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Defaults <- DATA (a whole or partial recipe), validated."""
+        return build_config(data)
+
+    def flatten(self) -> dict[str, Any]:
+        """``{"optimizer.lr": 0.08, ...}`` (MLflow params, dllogger metadata)."""
+        return flatten(self.to_dict())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# -- typed overrides: what the pipeline UI and the CLI flags set ---------------------------------
+def _key(dotted: str):
+    return field(default=None, metadata={"key": dotted})
+
+
+@dataclass(frozen=True)
+class TrainOverrides:
+    """Settings that replace the recipe's values; None keeps the recipe's value (so a recipe's
+    ``xla: true`` survives a run that does not mention xla). Setting ``epochs`` without
+    ``steps`` trains for epochs (drops the recipe's step count); setting ``init_model`` without
+    ``init_backbone`` drops the recipe's backbone (a whole model already holds one)."""
+
+    task: str | None = _key("task")
+    model: str | None = _key("model")
+    image_size: int | None = _key("image_size")
+    steps: int | None = _key("train.steps")
+    epochs: float | None = _key("train.epochs")
+    batch_size: int | None = _key("data.batch_size")
+    amp: bool | None = _key("precision.amp")
+    xla: bool | None = _key("precision.xla")
+    lr: float | None = _key("optimizer.lr")
+    ema_decay: float | None = _key("optimizer.ema_decay")
+    init_backbone: str | None = _key("init.backbone")
+    init_model: str | None = _key("init.model")
+    train_data: str | None = _key("data.train")
+    val_data: str | None = _key("data.val")
+    output: str | None = _key("output")
+
+    def dotted(self) -> dict[str, Any]:
+        """The config keys these overrides set, ``{"precision.xla": False, ...}``."""
+        out = {f.metadata["key"]: getattr(self, f.name) for f in dataclasses.fields(self)
+               if getattr(self, f.name) is not None}
+        if self.epochs is not None and self.steps is None:
+            out["train.steps"] = None
+        if self.init_model is not None and self.init_backbone is None:
+            out["init.backbone"] = None
+        return out
+
+
+# -- building ------------------------------------------------------------------------------------
+def build_config(user: dict | None = None, sets: list[str] | None = None,
+                 overrides: TrainOverrides | None = None) -> TrainConfig:
+    """Defaults <- USER (a recipe mapping) <- SETS (``key=value`` strings, in order) <-
+    OVERRIDES; validated. The one place a `TrainConfig` is made."""
+    user = {} if user is None else user
+    if not isinstance(user, dict):
+        raise ConfigError("a training config must be a mapping at the top level")
+    _check_types(user, TrainConfig)
+    data = _merge(TrainConfig().to_dict(), user)
+    for text in sets or []:
+        set_dotted(data, *parse_override(text))
+    for key, value in (overrides.dotted() if overrides else {}).items():
+        set_dotted(data, key, value)
+    _check_types(data, TrainConfig)
+    config = _construct(TrainConfig, data)
+    _check_values(config)
+    return config
+
+
+def apply_overrides(config: TrainConfig, overrides: TrainOverrides) -> TrainConfig:
+    """CONFIG with OVERRIDES applied (None fields keep CONFIG's values), validated."""
+    return build_config(config.to_dict(), overrides=overrides)
+
+
+def load_config(source: str, sets: list[str] | None = None,
+                overrides: TrainOverrides | None = None) -> TrainConfig:
+    """A recipe or a written config document (bundled name, local file or s3:// URI), with
+    SETS and OVERRIDES applied, validated."""
+    text, where = _read_source(source)
+    try:
+        user = yaml.load(text, Loader=_Loader) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {where}: not valid YAML ({exc})") from exc
+    try:
+        return build_config(user, sets, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"config {where}: {exc}") from exc
+
+
+def write_config(config: TrainConfig, uri: str) -> str:
+    """Write CONFIG as a YAML document to URI (local path or s3://); returns URI."""
+    storage.write_text(uri, "# effdet train config (resolved; load with --config)\n"
+                       + config.to_yaml())
+    return str(uri)
 
 
 def bundled_configs() -> list[str]:
@@ -152,6 +259,16 @@ def resolve_config_path(name_or_path: str) -> Path:
     raise ConfigError(
         f"config {name_or_path!r}: no such file and no bundled config of that name "
         f"(bundled: {', '.join(bundled_configs())})")
+
+
+def _read_source(source: str) -> tuple[str, str]:
+    if storage.is_remote(source):
+        try:
+            return storage.read_text(source), source
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config {source!r}: no such object") from exc
+    path = resolve_config_path(source)
+    return path.read_text(), str(path)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -177,88 +294,7 @@ def set_dotted(config: dict, key: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {key!r}: {'.'.join(parts[:i + 1])} is not a section")
         node = child
-    node[parts[-1]] = value
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _validate(config: dict, schema: dict, prefix: str = "") -> None:
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if key not in schema:
-            known = ", ".join(f"{prefix}{k}" for k in schema)
-            raise ConfigError(f"unknown config key {name!r} (known here: {known})")
-        spec = schema[key]
-        if isinstance(spec, dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key {name!r} must be a section (a mapping)")
-            _validate(value, spec, f"{name}.")
-            continue
-        _, types = spec
-        if types is _ANY:
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key {name!r} must be a mapping")
-            continue
-        # bool is an int in Python: do not let `true` pass for a number or a number for a bool
-        if isinstance(value, bool) and bool not in types:
-            raise ConfigError(f"config key {name!r} must be {_names(types)}, got {value!r}")
-        if not isinstance(value, types):
-            raise ConfigError(f"config key {name!r} must be {_names(types)}, got {value!r}")
-
-
-def _names(types: tuple) -> str:
-    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
-
-
-def _check_values(config: dict) -> None:
-    if config["task"] not in TASKS:
-        raise ConfigError(f"config key 'task' must be one of {TASKS}, got {config['task']!r}")
-    flat = flatten(config)
-    for name, rule in RULES.items():
-        try:
-            v.check(flat[name], rule, f"config key {name!r}")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    if config["data"]["train"] is None:
-        raise ConfigError("config key 'data.train' is required (a converted dataset directory)")
-
-
-def build_config(user: dict | None = None, overrides: list[str] | None = None) -> dict:
-    """Defaults <- user dict <- ``key=value`` overrides; validated. Returns a new dict."""
-    user = user or {}
-    if not isinstance(user, dict):
-        raise ConfigError("a training config must be a mapping at the top level")
-    _validate(user, SCHEMA)
-    config = _merge(defaults(), user)
-    for text in overrides or []:
-        key, value = parse_override(text)
-        probe: dict = {}
-        set_dotted(probe, key, value)
-        _validate(probe, SCHEMA)
-        set_dotted(config, key, value)
-    _check_values(config)
-    return config
-
-
-def load_config(name_or_path: str, overrides: list[str] | None = None) -> dict:
-    """Read a recipe file (or bundled name), apply overrides, validate."""
-    path = resolve_config_path(name_or_path)
-    try:
-        user = yaml.load(path.read_text(), Loader=_Loader) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path}: not valid YAML ({exc})") from exc
-    try:
-        return build_config(user, overrides)
-    except ConfigError as exc:
-        raise ConfigError(f"config {path}: {exc}") from exc
+    node[parts[-1]] = copy.deepcopy(value)
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -271,3 +307,83 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+# -- validation against the dataclasses ------------------------------------------------------------
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _allowed(hint) -> tuple[type, ...]:
+    """The runtime types a value of annotation HINT may have (an int is a float here)."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    out: list[type] = []
+    for arg in args:
+        base = typing.get_origin(arg) or arg
+        out += [int, float] if base is float else [base]
+    return tuple(out)
+
+
+def _names(allowed: tuple) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+
+
+def _check_types(data: dict, cls, prefix: str = "") -> None:
+    hints = _hints(cls)
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            known = ", ".join(f"{prefix}{k}" for k in hints)
+            raise ConfigError(f"unknown config key {name!r} (known here: {known})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {name!r} must be a section (a mapping)")
+            _check_types(value, hint, f"{name}.")
+            continue
+        allowed = _allowed(hint)
+        if allowed == (dict,):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {name!r} must be a mapping")
+            continue
+        # bool is an int in Python: do not let `true` pass for a number or a number for a bool
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            raise ConfigError(f"config key {name!r} must be {_names(allowed)}, got {value!r}")
+
+
+def _construct(cls, data: dict):
+    hints = _hints(cls)
+    return cls(**{k: _construct(hints[k], value) if dataclasses.is_dataclass(hints[k]) else value
+                  for k, value in data.items()})
+
+
+def _rules(obj, prefix: str = ""):
+    """(dotted name, value, rule) of every key of OBJ that has a value rule."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _rules(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("rule") is not None:
+            yield f"{prefix}{f.name}", value, f.metadata["rule"]
+
+
+def _check_values(config: TrainConfig) -> None:
+    if config.task not in TASKS:
+        raise ConfigError(f"config key 'task' must be one of {TASKS}, got {config.task!r}")
+    for name, value, rule in _rules(config):
+        try:
+            v.check(value, rule, f"config key {name!r}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if config.data.train is None:
+        raise ConfigError("config key 'data.train' is required (a converted dataset directory)")

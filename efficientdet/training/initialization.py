@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from efficientdet import storage
-from efficientdet.training.config import ConfigError
+from efficientdet.training.config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,12 @@ def artifact_task(path: Path) -> str | None:
     return read_meta(str(path)).task
 
 
-def check_init(config: dict) -> None:
+def check_init(config: TrainConfig) -> None:
     """Fail before anything is built when an ``init`` path does not exist (a recipe that names
     pretrained weights never trains from scratch by surprise)."""
-    init = config.get("init") or {}
+    init = config.init
     for key in ("model", "backbone"):
-        uri = init.get(key)
+        uri = getattr(init, key)
         if not uri or is_registry_uri(uri) or storage.is_remote(uri):
             continue
         path = Path(uri)
@@ -75,9 +75,9 @@ def check_init(config: dict) -> None:
                     " (a model artifact, e.g. from `effdet models import`; pass it with "
                     "--init-model PATH, or --set init.model=null)")
             raise ConfigError(f"config key 'init.{key}': {uri} does not exist{hint}")
-    if init.get("freeze"):
+    if init.freeze:
         try:
-            re.compile(init["freeze"])
+            re.compile(init.freeze)
         except re.error as exc:
             raise ConfigError(f"config key 'init.freeze': not a regex ({exc})") from None
 
@@ -95,7 +95,7 @@ def _named_variables(model) -> dict[str, object]:
     return out
 
 
-def load_model_init(model, config: dict, uri: str) -> dict:
+def load_model_init(model, config: TrainConfig, uri: str) -> dict:
     """Copy an artifact's weights into `model`; returns {"loaded": n, "reinitialised": [...]}."""
     from efficientdet.models.artifact import load_artifact
 
@@ -105,13 +105,13 @@ def load_model_init(model, config: dict, uri: str) -> dict:
         if task is None:
             raise ConfigError(f"config key 'init.model': {uri} is not a model artifact "
                               "(model.json + model.weights.h5)")
-        if task != config["task"]:
+        if task != config.task:
             raise ConfigError(f"config key 'init.model': {uri} is a {task} model, this run "
-                              f"trains {config['task']} (use init.backbone for a backbone)")
+                              f"trains {config.task} (use init.backbone for a backbone)")
         source, meta = load_artifact(str(local))
-    if meta.model != config["model"]:
+    if meta.model != config.model:
         raise ConfigError(f"config key 'init.model': {uri} is {meta.model}, this run "
-                          f"trains {config['model']}")
+                          f"trains {config.model}")
     head = CLASS_LAYERS[task]
     theirs = _named_variables(source)
     ours = _named_variables(model)
@@ -135,7 +135,7 @@ def load_model_init(model, config: dict, uri: str) -> dict:
         variable.assign(value)
     log.info("init.model %s: loaded %d variables; re-initialised %s (%d -> %d classes)",
              uri, len(pairs), ", ".join(reinit) or "nothing", meta.num_classes,
-             int(config["num_classes"]))
+             int(config.num_classes))
     return {"source": str(uri), "loaded": len(pairs), "reinitialised": reinit,
             "source_classes": meta.num_classes}
 
@@ -158,14 +158,14 @@ def is_automl_h5(path: Path) -> bool:
     return False
 
 
-def load_backbone_init(model, config: dict, uri: str) -> dict:
+def load_backbone_init(model, config: TrainConfig, uri: str) -> dict:
     """Backbone weights from any supported source; returns {"loaded": n, "kind": ...}."""
     from efficientdet.models import backbone_config, get_config
     from efficientdet.models.automl_import import load_automl_weights
     from efficientdet.models.weights import find_backbone, load_backbone_weights
 
     backbone = find_backbone(model)
-    bb_cfg = backbone_config(get_config(config["model"]))
+    bb_cfg = backbone_config(get_config(config.model))
     with tempfile.TemporaryDirectory(prefix="effdet-init-") as tmp:
         local = local_copy(uri, tmp)
         automl = (local.is_dir() and artifact_task(local) is None) or (
@@ -188,29 +188,29 @@ def load_backbone_init(model, config: dict, uri: str) -> dict:
     return {"source": str(uri), **result}
 
 
-def apply_init(model, config: dict) -> dict:
+def apply_init(model, config: TrainConfig) -> dict:
     """Load ``init.model`` or ``init.backbone`` (not both) into a freshly built model."""
-    init = config.get("init") or {}
-    if init.get("model") and init.get("backbone"):
+    init = config.init
+    if init.model and init.backbone:
         raise ConfigError("config keys 'init.model' and 'init.backbone' exclude each other "
                           "(a whole model already holds a backbone)")
     try:
-        if init.get("model"):
-            return {"model": load_model_init(model, config, init["model"])}
-        if init.get("backbone"):
-            return {"backbone": load_backbone_init(model, config, init["backbone"])}
+        if init.model:
+            return {"model": load_model_init(model, config, init.model)}
+        if init.backbone:
+            return {"backbone": load_backbone_init(model, config, init.backbone)}
     except ConfigError:
         raise
     except ValueError as exc:  # weights that do not fit: one line naming file and variable
-        key = "init.model" if init.get("model") else "init.backbone"
+        key = "init.model" if init.model else "init.backbone"
         raise ConfigError(f"config key '{key}': {str(exc).splitlines()[0]}") from exc
     return {}
 
 
-def frozen_mask(model, variables, config: dict) -> list[bool]:
+def frozen_mask(model, variables, config: TrainConfig) -> list[bool]:
     """Which of `variables` ``init.freeze`` holds: the regex is searched in "layer/variable"
     names (``stem_conv/kernel``, ``block2a_dwconv/kernel``, ``class_net_predict/bias``)."""
-    pattern = (config.get("init") or {}).get("freeze")
+    pattern = config.init.freeze
     if not pattern:
         return [False] * len(variables)
     rx = re.compile(pattern)
@@ -218,17 +218,16 @@ def frozen_mask(model, variables, config: dict) -> list[bool]:
     return [bool(rx.search(names.get(id(v), v.path))) for v in variables]
 
 
-def init_overrides(uri: str, task: str) -> list[str]:
-    """``--set`` overrides that start a `task` run from URI: a model artifact (or registered
-    model) of the same task -> init.model, anything else -> init.backbone."""
+def init_overrides(uri: str, task: str) -> dict[str, str]:
+    """The `TrainOverrides` fields that start a `task` run from URI: a model artifact (or
+    registered model) of the same task -> ``init_model``, anything else -> ``init_backbone``;
+    no URI -> none (the recipe's ``init`` stays)."""
     if not uri:
-        return []
+        return {}
     with tempfile.TemporaryDirectory(prefix="effdet-init-") as tmp:
         try:
             local = local_copy(uri, tmp)
         except FileNotFoundError:
             local = Path(uri)  # a checkpoint prefix; check_init reports what is missing
         same_task = artifact_task(local) == task
-    if same_task:
-        return [f"init.model={uri}", "init.backbone=null"]
-    return [f"init.backbone={uri}"]
+    return {"init_model": uri} if same_task else {"init_backbone": uri}

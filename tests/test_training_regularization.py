@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientdet.detection.regularization import kernel_variables, l2_loss
+from efficientdet.training.regularization import kernel_variables, l2_loss
 
 
 class Fusion(keras.layers.Layer):

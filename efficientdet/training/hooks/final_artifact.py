@@ -1,0 +1,67 @@
+"""The end of a run: digests and throughput in the summary, the model artifact (with EMA
+weights when kept) and ``summary.json`` beside it."""
+
+from __future__ import annotations
+
+import json
+
+from efficientdet import storage
+from efficientdet.models.model_meta import ModelMeta
+from efficientdet.training.hooks.base import Hook
+from efficientdet.training.trainer import weights_digest
+
+
+def write_summary(output: str, summary: dict) -> None:
+    storage.write_text(storage.join(output, "summary.json"),
+                       json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+
+def artifact_meta(trainer) -> ModelMeta:
+    """model.json of the artifact: what the model is and how it was trained."""
+    c, summary = trainer.config, trainer.summary
+    return ModelMeta.from_dict({
+        "task": c.task, "model": c.model, "num_classes": c.num_classes,
+        "image_size": c.image_size, "label_map": trainer.label_map,
+        "overrides": c.model_overrides or {},
+        "training": {k: summary[k] for k in (
+            "final_step", "losses", "images_per_second", "world_size", "precision_policy",
+            "mlflow_run_id")} | {"ema": trainer.ema is not None},
+    }, where=f"the artifact of {c.output}")
+
+
+class FinalArtifact(Hook):
+    """Every rank records its final digests and throughput in the summary (and prints its
+    weights digest); rank 0 saves OUTPUT/model and writes OUTPUT/summary.json."""
+
+    def on_train_end(self, trainer) -> None:
+        through = trainer.meter.summary()
+        digest = weights_digest(trainer.model.variables)
+        ctx = trainer.ctx
+        print(f"rank {ctx.rank}/{ctx.size} final weights sha256 {digest}", flush=True)
+        trainer.summary.update({
+            "final_step": trainer.step, "losses": trainer.metrics,
+            "images_per_second": through["images_per_second"],
+            "images_per_second_per_rank": through["images_per_second_per_rank"],
+            "throughput": through, "weights_sha256": digest,
+            "state_sha256": trainer.state_digest(),
+            "model_uri": storage.join(trainer.config.output, "model"),
+        })
+        if not trainer.is_chief:
+            return
+        self.save_model(trainer)
+        final = {k: v for k, v in through.items() if v is not None}
+        print("throughput: " + ", ".join(
+            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in final.items()), flush=True)
+        write_summary(trainer.config.output, trainer.summary)
+
+    @staticmethod
+    def save_model(trainer) -> None:
+        from efficientdet.models.artifact import save_artifact
+
+        meta, uri = artifact_meta(trainer), trainer.summary["model_uri"]
+        if trainer.ema is not None:
+            with trainer.ema.swapped():
+                save_artifact(trainer.model, meta, uri)
+        else:
+            save_artifact(trainer.model, meta, uri)
