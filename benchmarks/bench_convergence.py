@@ -132,7 +132,7 @@ def detection(args, work: Path, log: Path) -> None:
 KERAS_APPLICATIONS_B0 = """
 import json, sys
 import keras, tensorflow as tf
-from efficientdet.data.pipelines import classification_dataset
+from efficientdet.data.inputs import classification_dataset
 from efficientdet.training.regularization import l2_loss
 from efficientdet.training.schedules import WarmupCosine
 train, val, steps, seed, classes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

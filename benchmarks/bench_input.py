@@ -134,7 +134,7 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    from efficientdet.data import pipelines
+    from efficientdet.data import inputs
     from efficientdet.data.dataset import ConvertedDataset
     from efficientdet.models import get_config
 
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
         modes = [True] if args.skip_eval else [True, False]
         for is_training in modes:
             if detection:
-                ds = pipelines.detection_dataset(
+                ds = inputs.detection_dataset(
                     pattern,
                     model_config=cfg,
                     image_size=image_size,
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
                     if args.randaugment
                     else None
                 )
-                ds = pipelines.classification_dataset(
+                ds = inputs.classification_dataset(
                     pattern,
                     image_size=image_size,
                     is_training=is_training,

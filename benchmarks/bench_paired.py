@@ -164,7 +164,7 @@ import sys, time, tempfile
 from pathlib import Path
 sys.path.insert(0, {str(REPO / 'benchmarks')!r})
 import bench_input as bi, tensorflow as tf
-from efficientdet.data.pipelines import detection_dataset
+from efficientdet.data.inputs import detection_dataset
 from efficientdet.models import get_config
 d = Path(tempfile.mkdtemp()); files = bi._write_detection_set(d, 64, 640, 4)
 ds = detection_dataset(files, model_config=get_config("efficientdet-d0"), image_size=512,

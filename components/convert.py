@@ -14,12 +14,13 @@ def convert(task: str, source_uri: str, images_uri: str, kfp_run_id: str, kfp_ta
             num_shards: Optional[int] = None, work_uri: Optional[str] = None):
     """Detection: source_uri is the COCO annotations JSON and images_uri the image folder;
     classification: source_uri is the class-per-folder root."""
-    from efficientdet.pipeline import runs, steps
+    from efficientdet.orchestration import pipeline_steps, runs
 
     with runs.step_context(kfp_run_id, kfp_task):
-        out = steps.output_dir(work_uri, kfp_run_id, kfp_task, dataset.path)
-        result, md = steps.convert(task, source_uri, images_uri, out, num_shards=num_shards)
+        out = pipeline_steps.output_dir(work_uri, kfp_run_id, kfp_task, dataset.path)
+        result, md = pipeline_steps.convert(task, source_uri, images_uri, out,
+                                            num_shards=num_shards)
     dataset.metadata.update({"uri": out, "task": task, "source": source_uri})
-    for key, value in steps._flat_numbers(result).items():
+    for key, value in pipeline_steps._flat_numbers(result).items():
         metrics.log_metric(key, value)
-    steps.write_text(report.path, md)
+    pipeline_steps.write_text(report.path, md)

@@ -13,14 +13,14 @@ def evaluate(model: Input[Model], val_data: Input[Dataset], kfp_run_id: str, kfp
              metrics: Output[Metrics], report: Output[HTML], summary: Output[Markdown],
              batch_size: Optional[int] = None, work_uri: Optional[str] = None):
     """Scalars land in `metrics` (the UI's compare view) and in the step's MLflow run."""
-    from efficientdet.pipeline import runs, steps
+    from efficientdet.orchestration import pipeline_steps, runs
 
     with runs.step_context(kfp_run_id, kfp_task):
-        out = steps.output_dir(work_uri, kfp_run_id, kfp_task, report.path + ".d")
-        result, md, html = steps.evaluate(model.metadata.get("uri") or model.path,
+        out = pipeline_steps.output_dir(work_uri, kfp_run_id, kfp_task, report.path + ".d")
+        result, md, html = pipeline_steps.evaluate(model.metadata.get("uri") or model.path,
                                           val_data.metadata.get("uri") or val_data.path, out,
                                           batch_size=batch_size)
     for key, value in result.items():
         metrics.log_metric(key, value)
-    steps.write_text(report.path, html)
-    steps.write_text(summary.path, md)
+    pipeline_steps.write_text(report.path, html)
+    pipeline_steps.write_text(summary.path, md)

@@ -14,14 +14,14 @@ def export(model: Input[Model], val_data: Input[Dataset], formats: str, max_ap_d
            summary: Output[Markdown], work_uri: Optional[str] = None):
     """formats: comma-separated subset of saved_model,onnx,tf-trt. Each export is scored
     against the source model on val_data; an AP (top-1) drop above max_ap_drop fails."""
-    from efficientdet.pipeline import runs, steps
+    from efficientdet.orchestration import pipeline_steps, runs
 
     with runs.step_context(kfp_run_id, kfp_task):
-        out = steps.output_dir(work_uri, kfp_run_id, kfp_task, exported.path)
-        result, md = steps.export(model.metadata.get("uri") or model.path, out, formats=formats,
-                                  data_uri=val_data.metadata.get("uri") or val_data.path,
-                                  max_ap_drop=max_ap_drop)
+        out = pipeline_steps.output_dir(work_uri, kfp_run_id, kfp_task, exported.path)
+        result, md = pipeline_steps.export(
+            model.metadata.get("uri") or model.path, out, formats=formats,
+            data_uri=val_data.metadata.get("uri") or val_data.path, max_ap_drop=max_ap_drop)
     exported.metadata.update({"uri": out, "formats": formats})
     for key, value in result.items():
         metrics.log_metric(key, value)
-    steps.write_text(summary.path, md)
+    pipeline_steps.write_text(summary.path, md)

@@ -27,22 +27,21 @@ def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Da
     recipe's value (the recipe and the set values become one config document the ranks
     read); cluster settings left None take the cluster's defaults.
     init_from: a backbone or whole-model URI (artifact, models:/NAME@ALIAS, checkpoint)."""
-    from efficientdet.pipeline import runs
-    from efficientdet.pipeline import steps as st
-    from efficientdet.pipeline.cluster_settings import ClusterSettings
-    from efficientdet.pipeline.launcher import backend_for
+    from efficientdet.orchestration import pipeline_steps, runs
+    from efficientdet.orchestration.backends import backend_for
+    from efficientdet.orchestration.cluster_settings import ClusterSettings
     from efficientdet.training.config import TrainOverrides
     from efficientdet.training.initialization import init_overrides
 
     train_uri = train_data.metadata.get("uri") or train_data.path
     val_uri = val_data.metadata.get("uri") or val_data.path
     with runs.step_context(kfp_run_id, kfp_task):
-        out = st.output_dir(work_uri, kfp_run_id, kfp_task, model.path)
+        out = pipeline_steps.output_dir(work_uri, kfp_run_id, kfp_task, model.path)
         overrides = TrainOverrides(
             task=task, model=model_name, image_size=image_size, steps=steps, epochs=epochs,
             batch_size=batch_size, amp=amp, xla=xla, train_data=train_uri,
             val_data=val_uri or None, **init_overrides(init_from, task))
-        args = st.write_train_config(recipe=recipe, overrides=overrides, output=out)
+        args = pipeline_steps.write_train_config(recipe=recipe, overrides=overrides, output=out)
         cluster = ClusterSettings.from_env().with_step_parameters(
             workers=workers, gpus_per_worker=gpus_per_worker, train_image=train_image,
             worker_cpu=worker_cpu, worker_memory=worker_memory, node_selector=node_selector,
@@ -50,10 +49,10 @@ def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Da
         backend = backend_for(launcher, cluster, run_id=kfp_run_id, kfp_task=kfp_task,
                               mlflow_secret=mlflow_secret, cleanup=cleanup,
                               deadline_s=deadline_seconds)
-        result, md = st.train(args, out, backend, data_uris=(train_uri, val_uri))
+        result, md = pipeline_steps.train(args, out, backend, data_uris=(train_uri, val_uri))
     model.metadata.update({"uri": result["model_uri"], "task": task,
                            "mlflow_run_id": result.get("mlflow_run_id") or ""})
     for key, value in result.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(key, value)
-    st.write_text(summary.path, md)
+    pipeline_steps.write_text(summary.path, md)

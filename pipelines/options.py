@@ -3,7 +3,7 @@
 Runtime choices (model, data, epochs, workers, thresholds...) are pipeline parameters set in the
 UI; what has to be fixed in the compiled YAML (Secret names, the step's accelerator, the
 tracking endpoint) lives here. The ConfigMap's keys and the Secrets' key names come from
-`efficientdet.pipeline.cluster_settings`, which reads the same keys when a step runs."""
+`efficientdet.orchestration.cluster_settings`, which reads the same keys when a step runs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from kfp import dsl
 from kfp import kubernetes as k8s
 
 from efficientdet.credentials import no_credentials
-from efficientdet.pipeline.cluster_settings import (
+from efficientdet.orchestration.cluster_settings import (
     CONFIG_KEYS,
     CONFIG_MAP_NAME,
     GPU_RESOURCE,

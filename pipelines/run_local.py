@@ -19,7 +19,7 @@ def run_local(task: str, params: dict, *, pipeline_root: str | Path,
     """Returns {'run_id', 'parent_run_id', 'state', 'outputs': {task: {name: value/path}}}."""
     from kfp import local
 
-    from efficientdet.pipeline import runs
+    from efficientdet.orchestration import runs
 
     run_id = run_id or f"local-{uuid.uuid4().hex[:10]}"
     pipeline = build(task, ClusterOptions.local())

@@ -10,8 +10,8 @@ import yaml
 
 from efficientdet import key_value
 from efficientdet.cli import main
-from efficientdet.pipeline import launcher, mpijob
-from efficientdet.pipeline.cluster_settings import (
+from efficientdet.orchestration import backends, mpijob
+from efficientdet.orchestration.cluster_settings import (
     CONFIG_KEYS,
     SETTING_KEYS,
     ClusterSettings,
@@ -120,7 +120,7 @@ def test_mpijob_backend_takes_cluster_defaults_from_the_settings_configmap(monke
     monkeypatch.setenv("POD_NAMESPACE", "team-b")
     settings = ClusterSettings.from_env(CLUSTER_ENV).with_step_parameters(
         train_image="")
-    spec = launcher.backend_for("mpijob", settings, run_id="r", kfp_task="train").spec(
+    spec = backends.backend_for("mpijob", settings, run_id="r", kfp_task="train").spec(
         ["--config", "x"], {})
     assert (spec.workers, spec.gpus_per_worker, spec.ranks) == (3, 2, 6)
     assert (spec.image, spec.cpu, spec.memory) == ("reg/effdet-train:2", "8", "32Gi")
@@ -137,7 +137,7 @@ def test_mpijob_backend_takes_cluster_defaults_from_the_settings_configmap(monke
     # explicit parameters win over the cluster's defaults
     settings = ClusterSettings.from_env(CLUSTER_ENV).with_step_parameters(
         workers=1, gpus_per_worker=0, train_image="mine:1", worker_cpu="2")
-    spec = launcher.backend_for("mpijob", settings, run_id="r", kfp_task="train").spec([], {})
+    spec = backends.backend_for("mpijob", settings, run_id="r", kfp_task="train").spec([], {})
     assert (spec.workers, spec.gpus_per_worker, spec.image, spec.cpu) == (1, 0, "mine:1", "2")
 
 
@@ -161,9 +161,9 @@ def _step_manifest(train_args: list[str]) -> dict:
     settings = ClusterSettings.from_env().with_step_parameters(
         train_image="", worker_cpu="", worker_memory="",
         node_selector="zone=b", s3_secret="")
-    backend = launcher.backend_for("mpijob", settings, run_id="run-7", kfp_task="train",
+    backend = backends.backend_for("mpijob", settings, run_id="run-7", kfp_task="train",
                                    mlflow_secret="effdet-mlflow", deadline_s=3600)
-    return mpijob.build_manifest(backend.spec(train_args, launcher.forwarded_env()))
+    return mpijob.build_manifest(backend.spec(train_args, backends.forwarded_env()))
 
 
 def test_mpijob_dry_run_equals_the_job_the_training_step_creates(monkeypatch, capsys):

@@ -432,9 +432,9 @@ def test_kfp_launcher_plugin_entry_and_api_server_config():
 
 
 def test_pipeline_mpijob_builder_output_is_valid_for_the_cluster():
-    """The MPIJob the training step creates (efficientdet.pipeline.mpijob) passes the same
+    """The MPIJob the training step creates (efficientdet.orchestration.mpijob) passes the same
     schema checks as the manifests, with this image's ssh and user settings."""
-    from efficientdet.pipeline import mpijob
+    from efficientdet.orchestration import mpijob
 
     spec = mpijob.MPIJobSpec(
         name="effdet-train-abc", image="registry.example.com/effdet/effdet-train:0.1.0",

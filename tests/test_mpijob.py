@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from efficientdet import validation
-from efficientdet.pipeline import mpijob
-from efficientdet.pipeline.mpijob import (
+from efficientdet.orchestration import mpijob
+from efficientdet.orchestration.mpijob import (
     MPIJobError,
     MPIJobFailed,
     MPIJobRunner,
@@ -326,14 +326,14 @@ def test_training_backend_creates_its_spec_through_the_shared_client_wiring(kube
     """MPIJobBackend.run -> mpijob.run_job (the wiring `effdet pipeline mpijob` uses too): the
     server gets exactly the manifest of `spec`, and a failed job is a LaunchError with the
     launcher's last lines."""
-    from efficientdet.pipeline import launcher
-    from efficientdet.pipeline.cluster_settings import ClusterSettings
+    from efficientdet.orchestration import backends
+    from efficientdet.orchestration.cluster_settings import ClusterSettings
 
     monkeypatch.setenv("POD_NAMESPACE", NS)
     for key in ("POD_NAME", "POD_UID", "KFP_POD_NAME", "KFP_POD_UID"):
         monkeypatch.delenv(key, raising=False)
     lines: list[str] = []
-    backend = launcher.MPIJobBackend(
+    backend = backends.MPIJobBackend(
         ClusterSettings(train_image="reg/t:1", workers=2), run_id="run-9", kfp_task="train",
         cleanup="keep", log=lines.append, api_client=kube.api_client())
     spec = backend.spec(["--config", "x"], {"MLFLOW_TRACKING_URI": "http://m"})
@@ -348,7 +348,7 @@ def test_training_backend_creates_its_spec_through_the_shared_client_wiring(kube
         kube.add_condition(name, "Failed", "BackoffLimitExceeded", "launcher failed")
 
     t = _operator(kube, name, script)
-    with pytest.raises(launcher.LaunchError, match="ValueError: boom"):
+    with pytest.raises(backends.LaunchError, match="ValueError: boom"):
         backend.run(["--config", "x"], env={"MLFLOW_TRACKING_URI": "http://m"})
     t.join(5)
     created = kube.jobs[(NS, name)]

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from efficientdet import tracking
-from efficientdet.pipeline import launcher, runs, steps
-from efficientdet.pipeline.cluster_settings import ClusterSettings
+from efficientdet.orchestration import backends, pipeline_steps, runs
+from efficientdet.orchestration.cluster_settings import ClusterSettings
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +90,12 @@ def _model_dir(tmp_path):
 def test_register_sets_alias_only_when_metric_passes(mlflow_sqlite, tmp_path):
     model = _model_dir(tmp_path)
     with runs.step_context("run-r", "register"):
-        low, md_low = steps.register(str(model), name="effdet-test", metric_name="AP",
+        low, md_low = pipeline_steps.register(str(model), name="effdet-test", metric_name="AP",
                                      metric_value=0.12, threshold=0.3)
         exported = tmp_path / "exported" / "saved_model"
         exported.mkdir(parents=True)
         (exported / "saved_model.pb").write_bytes(b"pb")
-        high, md_high = steps.register(str(model), name="effdet-test", metric_name="AP",
+        high, md_high = pipeline_steps.register(str(model), name="effdet-test", metric_name="AP",
                                        metric_value=0.41, threshold=0.3,
                                        extra_dirs={"exported": str(exported.parent)})
     c = _client()
@@ -115,14 +115,14 @@ def test_register_sets_alias_only_when_metric_passes(mlflow_sqlite, tmp_path):
 
 
 def test_register_rejects_a_directory_without_a_model(mlflow_sqlite, tmp_path):
-    with pytest.raises(steps.StepError, match="no model.json"):
-        steps.register(str(tmp_path), name="x", metric_name="AP", metric_value=1.0, threshold=0)
+    with pytest.raises(pipeline_steps.StepError, match="no model.json"):
+        pipeline_steps.register(str(tmp_path), name="x", metric_name="AP", metric_value=1.0, threshold=0)
 
 
 def test_register_needs_tracking(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with pytest.raises(steps.StepError, match="tracking is off"):
-        steps.register(str(_model_dir(tmp_path)), name="x", metric_name="AP", metric_value=1.0,
+    with pytest.raises(pipeline_steps.StepError, match="tracking is off"):
+        pipeline_steps.register(str(_model_dir(tmp_path)), name="x", metric_name="AP", metric_value=1.0,
                        threshold=0)
 
 
@@ -133,14 +133,13 @@ def _trained_config(monkeypatch, tmp_path, recipe: str, **settings):
 
     from efficientdet.cli import main
     from efficientdet.kfp_components.train import train as component
-    from efficientdet.pipeline import launcher as launcher_module
     from efficientdet.training import loop
 
     received = []
 
     def fake_train(config):
         received.append(config)
-        steps.storage.write_text(steps.storage.join(config.output, "summary.json"),
+        pipeline_steps.storage.write_text(pipeline_steps.storage.join(config.output, "summary.json"),
                                  json.dumps({"model_uri": config.output, "final_step": 1}))
         return {"rank": 0}
 
@@ -149,7 +148,7 @@ def _trained_config(monkeypatch, tmp_path, recipe: str, **settings):
             assert main(["train", *train_args]) == 0
 
     monkeypatch.setattr(loop, "train", fake_train)
-    monkeypatch.setattr(launcher_module, "backend_for", lambda *a, **k: InProcess())
+    monkeypatch.setattr(backends, "backend_for", lambda *a, **k: InProcess())
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
     def artifact(name, uri=""):
@@ -198,27 +197,27 @@ def test_pipeline_epochs_replace_the_recipe_steps(monkeypatch, tmp_path):
 def test_train_config_document_is_the_resolved_recipe(tmp_path):
     from efficientdet.training.config import TrainOverrides, load_config
 
-    args = steps.write_train_config(recipe="synth-detection", output=str(tmp_path),
+    args = pipeline_steps.write_train_config(recipe="synth-detection", output=str(tmp_path),
                                     overrides=TrainOverrides(train_data="d", batch_size=2))
-    assert args == ["--config", str(tmp_path / steps.TRAIN_CONFIG_FILE)]
+    assert args == ["--config", str(tmp_path / pipeline_steps.TRAIN_CONFIG_FILE)]
     expected = load_config("synth-detection", ["data.train=d", "data.batch_size=2",
                                                f"output={tmp_path}"])
     assert load_config(args[1]) == expected
 
 
 def test_horovodrun_command_and_backend_choice(monkeypatch):
-    cmd = launcher.LocalHorovodBackend(2).command(["--config", "x"])
+    cmd = backends.LocalHorovodBackend(2).command(["--config", "x"])
     assert cmd[1:7] == ["-np", "2", "-H", "localhost:2", "--gloo", sys.executable]
     assert cmd[-4:] == ["efficientdet", "train", "--config", "x"]
-    assert launcher.LocalHorovodBackend(1).command(["a"])[0] == sys.executable
+    assert backends.LocalHorovodBackend(1).command(["a"])[0] == sys.executable
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert launcher.choose_backend("auto") == "local"
-    assert launcher.choose_backend("mpijob") == "mpijob"
+    assert backends.choose_backend("auto") == "local"
+    assert backends.choose_backend("mpijob") == "mpijob"
     with pytest.raises(ValueError, match="backend 'k8s'"):
-        launcher.choose_backend("k8s")
+        backends.choose_backend("k8s")
     settings = ClusterSettings.from_env({}).with_step_parameters(workers=2, gpus_per_worker=0)
-    backend = launcher.backend_for("auto", settings, run_id="r", kfp_task="t")
-    assert isinstance(backend, launcher.LocalHorovodBackend) and backend.np == 2
+    backend = backends.backend_for("auto", settings, run_id="r", kfp_task="t")
+    assert isinstance(backend, backends.LocalHorovodBackend) and backend.np == 2
 
 
 def test_mpijob_backend_spec_uses_downward_api_identity_and_secrets(monkeypatch):
@@ -228,7 +227,7 @@ def test_mpijob_backend_spec_uses_downward_api_identity_and_secrets(monkeypatch)
     settings = ClusterSettings.from_env({}).with_step_parameters(
         workers=2, gpus_per_worker=4, train_image="reg/t:1", node_selector="pool=gpu",
         s3_secret="effdet-s3")
-    backend = launcher.backend_for("mpijob", settings, run_id="run-1", kfp_task="train",
+    backend = backends.backend_for("mpijob", settings, run_id="run-1", kfp_task="train",
                                    mlflow_secret="effdet-mlflow")
     spec = backend.spec(["--config", "x"], {"MLFLOW_TRACKING_URI": "http://m"})
     assert (spec.namespace, spec.owner_pod, spec.ranks) == ("team-a", ("train-pod", "uid-9"), 8)
@@ -241,41 +240,41 @@ def test_mpijob_backend_spec_uses_downward_api_identity_and_secrets(monkeypatch)
 
 def test_run_streaming_copies_output_and_fails_with_the_tail():
     lines: list[str] = []
-    launcher.run_streaming([sys.executable, "-c", "print('a'); print('b')"], log=lines.append)
+    backends.run_streaming([sys.executable, "-c", "print('a'); print('b')"], log=lines.append)
     assert lines == ["a", "b"]
     script = ("import sys\nprint('[1]<stderr>:ValueError: bad shard')\n"
               "for i in range(100): print(i)\nsys.exit(3)")
-    with pytest.raises(launcher.LaunchError, match="exited with code 3") as info:
-        launcher.run_streaming([sys.executable, "-c", script], log=lambda _: None, tail=5)
+    with pytest.raises(backends.LaunchError, match="exited with code 3") as info:
+        backends.run_streaming([sys.executable, "-c", script], log=lambda _: None, tail=5)
     assert "| 99" in str(info.value) and "| 94" not in str(info.value)
     assert "first error: [1]<stderr>:ValueError: bad shard" in str(info.value)
 
 
 def test_forwarded_env_never_carries_credentials():
-    env = launcher.forwarded_env({"MLFLOW_TRACKING_URI": "http://m", "AWS_SECRET_ACCESS_KEY": "s",
+    env = backends.forwarded_env({"MLFLOW_TRACKING_URI": "http://m", "AWS_SECRET_ACCESS_KEY": "s",
                                   "AWS_ACCESS_KEY_ID": "k", "KFP_TASK_NAME": "train",
                                   "MLFLOW_TRACKING_PASSWORD": "p"})
     assert env == {"MLFLOW_TRACKING_URI": "http://m", "KFP_TASK_NAME": "train"}
 
 
 def test_export_formats_are_named_when_unknown():
-    assert steps.parse_formats("savedmodel, onnx,tftrt,onnx") == ["saved_model", "onnx", "tf-trt"]
-    with pytest.raises(steps.StepError, match="unknown 'torchscript'"):
-        steps.parse_formats("saved_model,torchscript")
-    with pytest.raises(steps.StepError, match="empty"):
-        steps.parse_formats(" , ")
+    assert pipeline_steps.parse_formats("savedmodel, onnx,tftrt,onnx") == ["saved_model", "onnx", "tf-trt"]
+    with pytest.raises(pipeline_steps.StepError, match="unknown 'torchscript'"):
+        pipeline_steps.parse_formats("saved_model,torchscript")
+    with pytest.raises(pipeline_steps.StepError, match="empty"):
+        pipeline_steps.parse_formats(" , ")
 
 
 def test_mpijob_training_refuses_paths_other_pods_cannot_see(monkeypatch):
     settings = ClusterSettings(train_image="i", workers=2, gpus_per_worker=1)
-    backend = launcher.backend_for("mpijob", settings, run_id="r", kfp_task="t")
-    with pytest.raises(steps.StepError, match="work_uri to an s3:// prefix"):
-        steps.train(["--config", "x"], "/minio/mlpipeline/out", backend,
+    backend = backends.backend_for("mpijob", settings, run_id="r", kfp_task="t")
+    with pytest.raises(pipeline_steps.StepError, match="work_uri to an s3:// prefix"):
+        pipeline_steps.train(["--config", "x"], "/minio/mlpipeline/out", backend,
                     data_uris=("s3://b/train",))
 
 
 def test_mpijob_backend_needs_a_training_image():
     with pytest.raises(ValueError, match="no training image: set EFFDET_TRAIN_IMAGE"):
-        launcher.backend_for("mpijob", ClusterSettings.from_env({}), run_id="r", kfp_task="t")
-    local = launcher.backend_for("local", ClusterSettings.from_env({}), run_id="r", kfp_task="t")
+        backends.backend_for("mpijob", ClusterSettings.from_env({}), run_id="r", kfp_task="t")
+    local = backends.backend_for("local", ClusterSettings.from_env({}), run_id="r", kfp_task="t")
     assert local.np == 1  # training on this machine needs no image

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"efficientdet.cli.{name}").register(sub)
+        importlib.import_module(f"efficientdet.cli.{name}").add_parser(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ import json
 from efficientdet import validation as v
 
 
-def register(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "benchmark", help="latency p50/p90/p99 and throughput of a SavedModel, ONNX or TF-TRT model",
         description="Time end-to-end inference (uint8 images in, detections out) per batch size "

@@ -18,7 +18,7 @@ def _common(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def register(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "convert", help="convert COCO or ImageNet-style datasets to sharded TFRecords",
         description="Convert COCO or ImageNet-style datasets to sharded TFRecords, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from efficientdet import validation as v
 
 
-def register(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "data", help="make deterministic synthetic datasets (COCO detection, ImageNet-style folders)",
         description="Make deterministic synthetic datasets: coloured shapes on textured "

@@ -7,7 +7,7 @@ import json
 from efficientdet import validation as v
 
 
-def register(sub) -> None:
+def add_parser(sub) -> None:
     from efficientdet.doctor import REQUIRABLE
 
     p = sub.add_parser(

@@ -7,7 +7,7 @@ import json
 from efficientdet import validation as v
 
 
-def register(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="COCO mAP or top-1/top-5 of a model, or score a COCO detections file",

@@ -8,7 +8,7 @@ import sys
 from efficientdet import validation as v
 
 
-def register(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "export", help="export a model as SavedModel, TF-TRT or ONNX, with a parity check",
         description="Export a model artifact as a serving SavedModel (uint8 images or encoded "

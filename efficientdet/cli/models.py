@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 
-def register(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "models",
         help="list model variants and describe one (parameters, GMACs, anchors)",

@@ -9,7 +9,7 @@ from efficientdet import key_value
 from efficientdet import validation as v
 from efficientdet.cli import UsageError
 from efficientdet.model_tasks import TASKS as PIPELINES
-from efficientdet.pipeline.cluster_settings import (
+from efficientdet.orchestration.cluster_settings import (
     CONFIG_MAP_NAME,
     GPU_RESOURCE,
     MLFLOW_SECRET_NAME,
@@ -18,7 +18,7 @@ from efficientdet.pipeline.cluster_settings import (
 )
 
 
-def register(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("pipeline", help="compile, submit or run the Kubeflow pipeline; MPIJob tools",
                        description="Compile, submit or run the Kubeflow pipeline; MPIJob tools.")
     verbs = p.add_subparsers(dest="pipeline_command", metavar="VERB", required=True)
@@ -264,7 +264,7 @@ def _toleration(text: str) -> dict:
 
 
 def _secret_env(item: str):
-    from efficientdet.pipeline.mpijob import SecretEnv
+    from efficientdet.orchestration.mpijob import SecretEnv
 
     form = "ENV=SECRET:KEY"
     name, ref = key_value.parse_pair(item, "--secret-env", form)
@@ -277,8 +277,8 @@ def _secret_env(item: str):
 def mpijob_backend(args):
     """The training step's MPIJob backend for these options: the cluster's settings from the
     environment, each option that is given overriding one setting."""
-    from efficientdet.pipeline.cluster_settings import ClusterSettings
-    from efficientdet.pipeline.launcher import MPIJobBackend
+    from efficientdet.orchestration.backends import MPIJobBackend
+    from efficientdet.orchestration.cluster_settings import ClusterSettings
 
     for option, value in (("--run-id", args.run_id), ("--kfp-task", args.kfp_task)):
         if not value.strip():
@@ -299,7 +299,7 @@ def mpijob_backend(args):
 def build_mpijob_spec(args):
     """The MPIJob spec the training step would build for these options (see mpijob_backend),
     with the env it forwards from this environment plus --env."""
-    from efficientdet.pipeline.launcher import forwarded_env
+    from efficientdet.orchestration.backends import forwarded_env
 
     if not args.train_args:
         raise UsageError("no training arguments: add them after `--`, "
@@ -311,7 +311,7 @@ def build_mpijob_spec(args):
 def run_mpijob(args) -> int:
     import yaml
 
-    from efficientdet.pipeline import mpijob
+    from efficientdet.orchestration import mpijob
 
     try:
         spec = build_mpijob_spec(args)

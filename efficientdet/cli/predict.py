@@ -8,7 +8,7 @@ import sys
 from efficientdet import validation as v
 
 
-def register(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "predict", help="detections or top-k classes for images, directories or TFRecords",
         description="Run a model (artifact, exported SavedModel, TF-TRT or ONNX) over image "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def register(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a detector or classifier, on one process or under horovodrun/mpirun",

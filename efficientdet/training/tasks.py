@@ -87,7 +87,7 @@ class DetectionTask(Task):
         super().__init__("detection")
 
     def dataset(self, config, *, shard_index, num_shards, is_training=True):
-        from efficientdet.data.pipelines import detection_dataset
+        from efficientdet.data.inputs import detection_dataset
         from efficientdet.models import get_config
 
         return detection_dataset(
@@ -114,7 +114,7 @@ class ClassificationTask(Task):
         super().__init__("classification")
 
     def dataset(self, config, *, shard_index, num_shards, is_training=True):
-        from efficientdet.data.pipelines import classification_dataset
+        from efficientdet.data.inputs import classification_dataset
 
         return classification_dataset(
             config.data.train if is_training else config.data.val,

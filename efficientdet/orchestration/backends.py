@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from efficientdet.pipeline import mpijob
-from efficientdet.pipeline.cluster_settings import (
+from efficientdet.orchestration import mpijob
+from efficientdet.orchestration.cluster_settings import (
     GPU_RESOURCE,
     MLFLOW_SECRET_KEYS,
     S3_SECRET_KEYS,

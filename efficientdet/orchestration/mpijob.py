@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from efficientdet import validation as v
-from efficientdet.pipeline.cluster_settings import DEFAULTS, GPU_RESOURCE
+from efficientdet.orchestration.cluster_settings import DEFAULTS, GPU_RESOURCE
 
 GROUP = "kubeflow.org"
 VERSION = "v2beta1"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientdet.data import pipelines, schema
+from efficientdet.data import inputs, schema
 from efficientdet.models.configs import IMAGENET_MEAN_RGB
 
 IMAGE_SIZE = 128
@@ -89,7 +89,7 @@ def dataset_dir(tmp_path_factory):
 
 def _eval_ds(pattern, **kw):
     kw.setdefault("batch_size", 4)
-    return pipelines.detection_dataset(
+    return inputs.detection_dataset(
         str(pattern),
         model_config=ANCHOR_CONFIG,
         image_size=IMAGE_SIZE,
@@ -102,7 +102,7 @@ def _eval_ds(pattern, **kw):
 def _train_ds(pattern, **kw):
     kw.setdefault("batch_size", 4)
     kw.setdefault("deterministic", True)
-    return pipelines.detection_dataset(
+    return inputs.detection_dataset(
         str(pattern),
         model_config=ANCHOR_CONFIG,
         image_size=IMAGE_SIZE,
@@ -223,7 +223,7 @@ def test_training_skips_crowd_and_caps_instances(tmp_path):
             _example(2, pixels, many, [7] * len(many)),
         ],
     )
-    ds = pipelines.detection_dataset(
+    ds = inputs.detection_dataset(
         path,
         model_config=ANCHOR_CONFIG,
         image_size=IMAGE_SIZE,
@@ -323,14 +323,14 @@ def test_counting_helpers(dataset_dir):
     root, truth = dataset_dir
     with ConvertedDataset.open(str(root / "*.tfrecord")) as source:  # no report: counted
         assert source.num_examples == len(truth)
-    assert pipelines.steps_per_epoch(len(truth), batch_size=4) == 3
-    assert pipelines.steps_per_epoch(len(truth), batch_size=4, num_shards=2) == 1
-    assert pipelines.steps_per_epoch(3, batch_size=8, num_shards=2) == 1
+    assert inputs.steps_per_epoch(len(truth), batch_size=4) == 3
+    assert inputs.steps_per_epoch(len(truth), batch_size=4, num_shards=2) == 1
+    assert inputs.steps_per_epoch(3, batch_size=8, num_shards=2) == 1
 
 
 def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing-here"):
-        pipelines.detection_dataset(
+        inputs.detection_dataset(
             str(tmp_path / "nothing-here-*.tfrecord"),
             model_config=ANCHOR_CONFIG,
             image_size=IMAGE_SIZE,
@@ -338,7 +338,7 @@ def test_bad_inputs_are_named(tmp_path):
             batch_size=2,
         )
     with pytest.raises(ValueError, match="batch_size"):
-        pipelines.detection_dataset(
+        inputs.detection_dataset(
             str(tmp_path),
             model_config=ANCHOR_CONFIG,
             image_size=IMAGE_SIZE,
@@ -346,7 +346,7 @@ def test_bad_inputs_are_named(tmp_path):
             batch_size=0,
         )
     with pytest.raises(ValueError, match="image_size"):
-        pipelines.detection_dataset(
+        inputs.detection_dataset(
             str(tmp_path), model_config=ANCHOR_CONFIG, image_size=-5, is_training=True, batch_size=2
         )
 
@@ -381,14 +381,14 @@ def test_reads_shards_from_s3_through_the_local_cache(dataset_dir, s3_bucket, tm
 
 def test_model_config_by_name_sets_the_anchors(dataset_dir):
     root, _ = dataset_dir
-    ds = pipelines.detection_dataset(
+    ds = inputs.detection_dataset(
         str(root),
         model_config="efficientdet-d0",
         image_size=IMAGE_SIZE,
         is_training=False,
         batch_size=2,
     )
-    native = pipelines.detection_dataset(
+    native = inputs.detection_dataset(
         str(root), model_config="efficientdet-d0", image_size=None, is_training=False, batch_size=2
     )
     assert native.element_spec[0].shape[1:] == (512, 512, 3)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from efficientdet import storage, tracking
 from efficientdet.model_tasks import check_task
-from efficientdet.pipeline import launcher, runs
+from efficientdet.orchestration import backends, runs
 from efficientdet.training.config import TrainOverrides, load_config, write_config
 
 
@@ -93,16 +93,16 @@ def write_train_config(*, recipe: str, overrides: TrainOverrides, output: str) -
     return ["--config", write_config(config, storage.join(output, TRAIN_CONFIG_FILE))]
 
 
-def train(args: list[str], output: str, backend: launcher.Backend,
+def train(args: list[str], output: str, backend: backends.Backend,
           data_uris: tuple[str, ...] = ()) -> tuple[dict, str]:
     """Runs training through BACKEND (ranks in an MPIJob or horovodrun) and reads the summary
     the chief wrote to OUTPUT/summary.json. Returns (summary, markdown)."""
-    if isinstance(backend, launcher.MPIJobBackend):
+    if isinstance(backend, backends.MPIJobBackend):
         for uri in (output, *data_uris):
             if not storage.is_remote(uri):
                 raise StepError(f"{uri}: MPIJob ranks run in other pods and cannot see this "
                                 "path; set the pipeline's work_uri to an s3:// prefix")
-    backend.run(args, env=launcher.forwarded_env())
+    backend.run(args, env=backends.forwarded_env())
     summary_uri = storage.join(output, "summary.json")
     if not storage.exists(summary_uri):
         raise StepError(f"training ended but wrote no {summary_uri}")

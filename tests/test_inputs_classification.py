@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientdet.data import pipelines, randaugment, schema
+from efficientdet.data import inputs, randaugment, schema
 
 SIZE = 64
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]  # one per class
@@ -55,7 +55,7 @@ def plain_set(tmp_path_factory):
 def _dataset(pattern, **kw):
     kw.setdefault("batch_size", 4)
     kw.setdefault("deterministic", True)
-    return pipelines.classification_dataset(str(pattern), image_size=SIZE, **kw)
+    return inputs.classification_dataset(str(pattern), image_size=SIZE, **kw)
 
 
 def _colour_label(image: np.ndarray) -> int:
@@ -188,7 +188,7 @@ def test_bad_arguments_are_named(plain_set):
     with pytest.raises(ValueError, match="randaugment"):
         _dataset(plain_set, is_training=True, randaugment=(2, 15))
     with pytest.raises(ValueError, match="image_size"):
-        pipelines.classification_dataset(
+        inputs.classification_dataset(
             str(plain_set), image_size=(64, 64), is_training=True, batch_size=2
         )
     with pytest.raises(FileNotFoundError, match="missing"):
