@@ -124,8 +124,8 @@ def test_sigterm_checkpoint_then_resume_with_amp_and_mlflow(tmp_path, mlflow_env
 
     config = build_config({}, [f"{o}" for o in overrides]
                           + ["train.steps=" + str(saved_step + 2), "precision.amp=true",
-                             "logging.dllogger_stdout=false"])
-    config = {**config, "model": "efficientdet-d0", "task": "detection"}
+                             "logging.dllogger_stdout=false", "model=efficientdet-d0",
+                             "task=detection"])
     summary = train(config)
     assert summary["resumed_from_step"] == saved_step
     assert summary["restored_state_sha256"] == saved_digest  # optimizer + EMA + step
