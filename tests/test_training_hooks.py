@@ -463,8 +463,11 @@ def test_final_artifact_writes_summary_and_model_on_rank_0(tmp_path, monkeypatch
 
     from efficientdet.training.hooks.final_artifact import artifact_meta
 
-    meta = artifact_meta(trainer)
-    assert meta["training"] == {"final_step": 10, "losses": {"loss": 0.5},
+    trainer.config = _config(output=str(tmp_path), num_classes=3, image_size=128)
+    meta = artifact_meta(trainer)  # a ModelMeta, as model.json is read back
+    assert (meta.task, meta.model, meta.num_classes, meta.image_size) == (
+        "detection", "efficientdet-d0", 3, 128)
+    assert meta.training == {"final_step": 10, "losses": {"loss": 0.5},
                                 "images_per_second": 12.0, "world_size": 1,
                                 "precision_policy": "float32", "mlflow_run_id": None,
                                 "ema": False}

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 
 from efficientdet import storage, tracking
@@ -131,13 +132,13 @@ def register(model_uri: str, *, name: str, metric_name: str, metric_value: float
               "threshold": threshold, "passed": passed, "alias": None, "version": None}
     with tracking.step_run("register", params={"model_uri": model_uri, "name": name,
                                                "metric": metric_name, "threshold": threshold,
-                                               "alias": alias}) as run:
+                                               "alias": alias}) as run, \
+            tempfile.TemporaryDirectory(prefix="effdet-register-") as downloads:
         if run is None:
             raise StepError("register: the MLflow server does not answer")
         from mlflow import MlflowClient
 
-        local = storage.sync_to_local(model_uri) if storage.is_remote(model_uri) \
-            else Path(model_uri)
+        local = storage.sync_to_local(model_uri, downloads)
         if not (Path(local) / "model.json").is_file():
             raise StepError(f"register: {model_uri} holds no model.json (not a model artifact)")
         import mlflow
@@ -145,7 +146,7 @@ def register(model_uri: str, *, name: str, metric_name: str, metric_value: float
         mlflow.log_artifacts(str(local), "model")
         for sub, path in (extra_dirs or {}).items():
             if path and storage.is_remote(path):
-                path = str(storage.sync_to_local(path))
+                path = str(storage.sync_to_local(path, downloads))
             if path and Path(path).is_dir():
                 mlflow.log_artifacts(path, sub)
             elif path and Path(path).is_file():

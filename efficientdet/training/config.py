@@ -22,11 +22,11 @@ from typing import Any
 
 import yaml
 
-from efficientdet import storage
+from efficientdet import key_value, storage
 from efficientdet import validation as v
+from efficientdet.model_tasks import TASKS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-TASKS = ("detection", "classification")
 
 
 class ConfigError(ValueError):
@@ -273,10 +273,10 @@ def _read_source(source: str) -> tuple[str, str]:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``a.b=value`` -> ("a.b", value parsed as YAML, so numbers, booleans and null work)."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {text!r}: expected key=value")
+    try:
+        key, raw = key_value.parse_pair(text, "override", "key=value")
+    except key_value.KeyValueError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
     except yaml.YAMLError as exc:

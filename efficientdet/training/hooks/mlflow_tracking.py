@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from efficientdet import storage, tracking
@@ -36,10 +37,9 @@ class MLflowTracking(Hook):
                               if isinstance(v, (int, float))}, step=trainer.step)
         if self.run is None:
             return
-        model_uri = trainer.summary["model_uri"]
-        local_model = (storage.sync_to_local(model_uri) if storage.is_remote(model_uri)
-                       else Path(model_uri))
-        tracking.log_artifacts(str(local_model), "model")
+        with tempfile.TemporaryDirectory(prefix="effdet-mlflow-") as downloads:
+            local_model = storage.sync_to_local(trainer.summary["model_uri"], downloads)
+            tracking.log_artifacts(str(local_model), "model")
         checkpoint = trainer.summary.get("checkpoint")
         if checkpoint:
             local_dir = Path(trainer.store.local_dir)
