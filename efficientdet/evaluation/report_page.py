@@ -108,3 +108,15 @@ def page(title: str, header: ReportHeader, sections: Sequence[Section]) -> str:
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>{table((), header.rows(), 'header')}"
             f"{parts}</body></html>")
+
+
+def write_files(output_dir: str, files: dict[str, bytes]) -> list[str]:
+    """Write each named file into output_dir (local or s3://); returns their URIs in order."""
+    from efficientdet import storage
+
+    out = []
+    for name, data in files.items():
+        uri = storage.join(str(output_dir), name)
+        storage.write_bytes(uri, data)
+        out.append(uri)
+    return out

@@ -19,6 +19,7 @@ from efficientdet.evaluation.report_page import (
     page,
     pyplot,
     table,
+    write_files,
 )
 
 REPORT_FILES = ("pr_curves.png", "per_class_ap.png", "samples.png", "report.html")
@@ -157,8 +158,6 @@ def write_report(output_dir: str, coco, samples: list[dict], names: dict[int, st
                  score_threshold: float = SAMPLE_SCORE_THRESHOLD,
                  max_boxes: int = MAX_BOXES_PER_SAMPLE) -> list[str]:
     """Write the PNGs and report.html into output_dir (local or s3://); returns their URIs."""
-    from efficientdet import storage
-
     header = header or ReportHeader(model="(detections file)", data="(annotations file)")
     files = {"pr_curves.png": pr_curves_png(coco), "per_class_ap.png": per_class_ap_png(coco)}
     if samples:
@@ -167,9 +166,4 @@ def write_report(output_dir: str, coco, samples: list[dict], names: dict[int, st
         coco, header, pr_curves=files["pr_curves.png"], per_class_ap=files["per_class_ap.png"],
         samples=files.get("samples.png"), score_threshold=score_threshold,
         max_boxes=max_boxes).encode()
-    out = []
-    for name, data in files.items():
-        uri = storage.join(str(output_dir), name)
-        storage.write_bytes(uri, data)
-        out.append(uri)
-    return out
+    return write_files(output_dir, files)
