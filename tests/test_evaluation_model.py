@@ -70,6 +70,8 @@ def test_evaluate_cli_writes_metrics_detections_and_report(tmp_path, tiny_artifa
     assert json.loads((out / "metrics.json").read_text())["metrics"] == printed["metrics"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3  # PR curves, per-class AP, samples
+    assert f"<td>Model</td><td>{tmp_path / 'artifact'}</td>" in html
+    assert f"<td>Data</td><td>{data}</td>" in html and "score &gt;= 0.30" in html
     assert (out / "samples.png").stat().st_size > 1000
 
 
@@ -144,8 +146,13 @@ def test_classifier_evaluate_predict_and_export(tmp_path, monkeypatch, capsys):
                     .SerializeToString())
     (tmp_path / "data" / "report.json").write_text("{}")  # marks a complete dataset
     assert main(["evaluate", "--model", str(tmp_path / "artifact"), "--data",
-                 str(tmp_path / "data"), "--json"]) == 0
-    metrics = json.loads(capsys.readouterr().out)["metrics"]
+                 str(tmp_path / "data"), "--json", "--output", str(tmp_path / "eval")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    metrics = printed["metrics"]
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert "<h2>Confusion matrix</h2>" in report and "<h2>Top confusions</h2>" in report
+    assert "<td>Config</td><td>efficientnet-b0, 64x64, 4 classes</td>" in report
+    assert set(printed["per_class_accuracy"]) == {"c0", "c1", "c2", "c3"}
     runner = ModuleRunner(served_module(model, meta), meta)
     probs = np.stack([r["probabilities"] for r in runner.predict(images)])
     assert metrics == topk_accuracy(probs, np.array(labels), ks=(1, 5))
