@@ -1,26 +1,38 @@
-"""The task graph both pipelines share: each split converted to TFRecords, then train ->
-evaluate -> export -> register. The pipelines (detection.py, classification.py) are plain
+"""The task graph both pipelines share: each split converted to TFRecords (convert-train,
+convert-val), then train -> evaluate -> export (-> export-tftrt on a GPU when asked) ->
+register. The pipelines (detection.py, classification.py) are plain
 `@dsl.pipeline` functions that wire their parameters into these two helpers."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from kfp import dsl
+from kfp.dsl.python_component import PythonComponent
 
 from efficientdet.kfp_components.convert import convert
 from efficientdet.kfp_components.evaluate import evaluate
-from efficientdet.kfp_components.export import export
+from efficientdet.kfp_components.export import export, export_tftrt
 from efficientdet.kfp_components.register import register
 from efficientdet.kfp_components.train import train
 from efficientdet.kfp_pipelines.options import ClusterOptions, configure, identity
+
+
+def renamed(component: PythonComponent, name: str) -> PythonComponent:
+    """COMPONENT under NAME. KFP names a task after its component (a second use becomes
+    `convert-2`) and that task name is what kfp.local, `{{$.pipeline_task_name}}` (MPIJob and
+    MLflow names) and the run graph show; a display name alone changes only the last."""
+    return PythonComponent(dataclasses.replace(component.component_spec, name=name),
+                           component.python_func)
 
 
 def convert_split(options: ClusterOptions, *, task: str, split: str, source_uri,
                   images_uri, num_shards, work_uri) -> dsl.PipelineTask:
     """The `convert-<split>` task; cached, as the same sources give the same shards."""
     return configure(
-        convert(task=task, source_uri=source_uri, images_uri=images_uri, num_shards=num_shards,
+        renamed(convert, f"convert-{split}")(task=task, source_uri=source_uri, images_uri=images_uri, num_shards=num_shards,
                 work_uri=work_uri, **identity()),
-        options, name=f"convert-{split}", cache=True, retries=2)
+        options, name=f"convert-{split}", resources="convert", cache=True, retries=2)
 
 
 def train_to_register(options: ClusterOptions, *, task: str, train_data, val_data, recipe,
@@ -40,7 +52,7 @@ def train_to_register(options: ClusterOptions, *, task: str, train_data, val_dat
         s3_secret=options.s3_secret or "", mlflow_secret=options.mlflow_secret or "",
         cleanup=mpijob_cleanup, deadline_seconds=deadline_seconds, work_uri=work_uri,
         **identity()),
-        options, name="train", cache=False, retries=1, gpu=True)
+        options, name="train", cache=False, retries=1, controller=True)
     model = trained.outputs["model"]
     evaluated = configure(evaluate(
         model=model, val_data=val_data, batch_size=eval_batch_size, work_uri=work_uri,
@@ -48,6 +60,12 @@ def train_to_register(options: ClusterOptions, *, task: str, train_data, val_dat
     exported = configure(export(
         model=model, val_data=val_data, formats=export_formats, max_ap_drop=max_parity_drop,
         work_uri=work_uri, **identity()), options, name="export", cache=True, retries=1)
+    with dsl.If(exported.outputs["Output"] == True,  # a KFP condition, not Python truth
+                name="tf-trt-asked"):
+        # no retries: a node without a GPU or TensorRT does not get one by trying again
+        configure(export_tftrt(
+            model=model, val_data=val_data, max_ap_drop=max_parity_drop, work_uri=work_uri,
+            **identity()), options, name="export-tftrt", cache=True, retries=0, gpu=True)
     return configure(register(
         model=model, exported=exported.outputs["exported"],
         eval_metrics=evaluated.outputs["metrics"], registered_model_name=registered_model_name,

@@ -1,8 +1,8 @@
 """Compile-time cluster settings and the per-step Kubernetes/KFP configuration they imply.
 
 Runtime choices (model, data, epochs, workers, thresholds...) are pipeline parameters set in the
-UI; what has to be fixed in the compiled YAML (Secret names, the step's accelerator, the
-tracking endpoint) lives here. The ConfigMap's keys and the Secrets' key names come from
+UI; what has to be fixed in the compiled YAML (Secret names, each step's CPU/memory, the
+accelerator of the TF-TRT export, the tracking endpoint) lives here. The ConfigMap's keys and the Secrets' key names come from
 `efficientdet.orchestration.cluster_settings`, which reads the same keys when a step runs."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from kfp import dsl
 from kfp import kubernetes as k8s
 
 from efficientdet.credentials import no_credentials
+from efficientdet.kfp_pipelines.resources import DEFAULT_STEP_RESOURCES, StepResources
 from efficientdet.orchestration.cluster_settings import (
     CONFIG_KEYS,
     CONFIG_MAP_NAME,
@@ -33,12 +34,15 @@ class ClusterOptions:
     mlflow_secret: str | None = MLFLOW_SECRET_NAME
     mlflow_tracking_uri: str | None = None  # overrides the ConfigMap's value
     s3_endpoint_url: str | None = None
+    # the GPU step (export-tftrt): accelerator, node selector, toleration, image; the train
+    # step holds no GPU (it only creates and follows the MPIJob, whose workers get them)
     accelerator_type: str = GPU_RESOURCE
-    # GPUs of the training step's own pod: used when it trains in-pod (launcher="local" in a
-    # cluster); set 0 when every training run goes through an MPIJob.
-    train_step_gpus: int = 1
     gpu_node_selector: dict[str, str] = field(default_factory=dict)
     gpu_toleration: bool = True
+    train_image: str | None = None  # image of export-tftrt; None: the component's TRAIN_IMAGE
+    # CPU/memory of each step by task name (resources.py); a step missing here gets none
+    step_resources: dict[str, StepResources] = field(
+        default_factory=lambda: dict(DEFAULT_STEP_RESOURCES))
     step_timeout_s: int = 0
     retries: bool = True  # off for local runs: a failure there is a bug to see at once
 
@@ -51,7 +55,9 @@ class ClusterOptions:
 
     @classmethod
     def local(cls) -> ClusterOptions:
-        return cls(config_map=None, s3_secret=None, mlflow_secret=None, retries=False)
+        # kfp.local ignores resources (and warns about each): leave them out
+        return cls(config_map=None, s3_secret=None, mlflow_secret=None, retries=False,
+                   step_resources={})
 
 
 def identity() -> dict:
@@ -61,8 +67,19 @@ def identity() -> dict:
 
 
 def configure(task: dsl.PipelineTask, options: ClusterOptions, *, name: str, cache: bool,
-              retries: int, gpu: bool = False) -> dsl.PipelineTask:
+              retries: int, resources: str | None = None, controller: bool = False,
+              gpu: bool = False) -> dsl.PipelineTask:
+    """NAME is the display name; RESOURCES the key in options.step_resources (default NAME);
+    CONTROLLER gives the pod its own identity (it owns the MPIJob); GPU one accelerator, on
+    options.train_image when set (GPU steps run on the training image)."""
     task.set_display_name(name).set_caching_options(cache)
+    step = options.step_resources.get(resources or name)
+    if step:
+        task.set_cpu_request(step.cpu).set_memory_request(step.memory)
+        if step.cpu_limit:
+            task.set_cpu_limit(step.cpu_limit)
+        if step.memory_limit:
+            task.set_memory_limit(step.memory_limit)
     if retries and options.retries:
         task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
     if options.config_map:
@@ -80,17 +97,19 @@ def configure(task: dsl.PipelineTask, options: ClusterOptions, *, name: str, cac
                               optional=True)
     if options.step_timeout_s:
         k8s.set_timeout(task, options.step_timeout_s)
-    if gpu:
+    if controller:
         # the pod that owns the MPIJob: its identity for ownerReferences (downward API)
         k8s.use_field_path_as_env(task, "POD_NAME", "metadata.name")
         k8s.use_field_path_as_env(task, "POD_UID", "metadata.uid")
         k8s.use_field_path_as_env(task, "POD_NAMESPACE", "metadata.namespace")
-        if options.train_step_gpus:
-            task.set_accelerator_type(options.accelerator_type)
-            task.set_accelerator_limit(options.train_step_gpus)
-            if options.gpu_toleration:
-                k8s.add_toleration(task, key=options.accelerator_type, operator="Exists",
-                                   effect="NoSchedule")
-            for key, value in options.gpu_node_selector.items():
-                k8s.add_node_selector(task, key, value)
+    if gpu:
+        task.set_accelerator_type(options.accelerator_type)
+        task.set_accelerator_limit(1)
+        if options.gpu_toleration:
+            k8s.add_toleration(task, key=options.accelerator_type, operator="Exists",
+                               effect="NoSchedule")
+        for key, value in options.gpu_node_selector.items():
+            k8s.add_node_selector(task, key, value)
+        if options.train_image:
+            task.set_container_image(options.train_image)
     return task

@@ -1,5 +1,6 @@
-"""The compiled pipelines: every step, artifacts wired, GPU and Kubernetes settings on the
-training step, caching and retries; `effdet pipeline` CLI input handling."""
+"""The compiled pipelines: every step, artifacts wired, resources where they belong (a GPU on
+export-tftrt only, CPU/memory on every step), Kubernetes settings, caching and retries;
+`effdet pipeline` CLI input handling."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import yaml
 
 from efficientdet.cli import main
 
-STEPS = {"convert", "convert-2", "train", "evaluate", "export", "register"}
+STEPS = {"convert-train", "convert-val", "train", "evaluate", "export", "register"}
+EXECUTORS = ("exec-convert-train", "exec-convert-val", "exec-train", "exec-evaluate",
+             "exec-export", "exec-export-tftrt", "exec-register")
 
 
 def _compile(tmp_path, *extra, pipeline="detection"):
@@ -27,20 +30,20 @@ def _wire(task: dict, name: str) -> tuple[str, str]:
 def test_compiled_pipeline_has_every_step_with_artifacts_wired(tmp_path, pipeline):
     spec, _ = _compile(tmp_path, pipeline=pipeline)
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == STEPS
-    assert _wire(tasks["train"], "train_data") == ("convert", "dataset")
-    assert _wire(tasks["train"], "val_data") == ("convert-2", "dataset")
+    assert set(tasks) == STEPS | {"condition-1"}  # condition-1: export-tftrt when asked
+    assert _wire(tasks["train"], "train_data") == ("convert-train", "dataset")
+    assert _wire(tasks["train"], "val_data") == ("convert-val", "dataset")
     assert _wire(tasks["evaluate"], "model") == ("train", "model")
-    assert _wire(tasks["evaluate"], "val_data") == ("convert-2", "dataset")
+    assert _wire(tasks["evaluate"], "val_data") == ("convert-val", "dataset")
     assert _wire(tasks["export"], "model") == ("train", "model")
-    assert _wire(tasks["export"], "val_data") == ("convert-2", "dataset")  # parity data
+    assert _wire(tasks["export"], "val_data") == ("convert-val", "dataset")  # parity data
     assert _wire(tasks["register"], "model") == ("train", "model")
     assert _wire(tasks["register"], "exported") == ("export", "exported")
     assert _wire(tasks["register"], "eval_metrics") == ("evaluate", "metrics")
     # typed outputs: Dataset, Model, Metrics (compare view), HTML and Markdown reports
     outs = {name: spec["components"][f"comp-{name}"]["outputDefinitions"]["artifacts"]
-            for name in ("convert", "train", "evaluate", "export", "register")}
-    assert outs["convert"]["dataset"]["artifactType"]["schemaTitle"] == "system.Dataset"
+            for name in ("convert-train", "train", "evaluate", "export", "register")}
+    assert outs["convert-train"]["dataset"]["artifactType"]["schemaTitle"] == "system.Dataset"
     assert outs["train"]["model"]["artifactType"]["schemaTitle"] == "system.Model"
     assert outs["evaluate"]["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     assert outs["evaluate"]["report"]["artifactType"]["schemaTitle"] == "system.HTML"
@@ -52,44 +55,104 @@ def test_compiled_pipeline_has_every_step_with_artifacts_wired(tmp_path, pipelin
         assert params["kfp_task"]["runtimeValue"]["constant"] == "{{$.pipeline_task_name}}"
 
 
-def test_training_step_has_gpu_and_kubernetes_settings(tmp_path):
-    spec, platform = _compile(tmp_path, "--train-step-gpus", "2",
-                              "--gpu-node-selector", "nvidia.com/gpu.product=A100")
-    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
-    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert resources["accelerator"]["resourceCount"] == "2"
+def test_train_step_is_a_controller_without_a_gpu(tmp_path):
+    spec, platform = _compile(tmp_path)
+    executors = spec["deploymentSpec"]["executors"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    train = k8s["exec-train"]
-    assert train["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert train["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "A100"}
-    fields = {f["name"]: f["fieldPath"] for f in train["fieldPathAsEnv"]}
+    train = executors["exec-train"]["container"]
+    assert "accelerator" not in train["resources"]
+    assert "tolerations" not in k8s["exec-train"] and "nodeSelector" not in k8s["exec-train"]
+    assert train["resources"]["resourceCpuRequest"] == "500m"
+    assert train["resources"]["resourceMemoryRequest"] == "1Gi"
+    # its own identity, for the MPIJob's ownerReferences
+    fields = {f["name"]: f["fieldPath"] for f in k8s["exec-train"]["fieldPathAsEnv"]}
     assert fields == {"POD_NAME": "metadata.name", "POD_UID": "metadata.uid",
                       "POD_NAMESPACE": "metadata.namespace"}
+    # a GPU on the TF-TRT export only
+    gpu_steps = sorted(name for name, e in executors.items()
+                       if "accelerator" in (e["container"].get("resources") or {}))
+    assert gpu_steps == ["exec-export-tftrt"]
+    assert "tolerations" not in k8s["exec-export"]
+
+
+def test_every_step_has_cpu_and_memory_requests_from_one_table(tmp_path):
+    spec, _ = _compile(tmp_path, "--step-resources",
+                       '{"evaluate": {"cpu": "8", "memory": "32Gi", "cpu_limit": "16"}}')
+    executors = spec["deploymentSpec"]["executors"]
+    assert set(executors) == set(EXECUTORS)
+    for name in EXECUTORS:
+        resources = executors[name]["container"]["resources"]
+        assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"], name
+        assert resources["resourceMemoryLimit"], name
+    evaluate = executors["exec-evaluate"]["container"]["resources"]
+    assert (evaluate["resourceCpuRequest"], evaluate["resourceMemoryRequest"],
+            evaluate["resourceCpuLimit"]) == ("8", "32Gi", "16")
+    assert executors["exec-convert-val"]["container"]["resources"]["resourceCpuRequest"] == "2"
+
+
+def test_tftrt_export_is_a_gpu_step_on_the_training_image_when_asked(tmp_path):
+    spec, platform = _compile(tmp_path, "--gpu-node-selector", "nvidia.com/gpu.product=A100",
+                              "--train-image", "reg.example/effdet-train:9")
+    condition = spec["root"]["dag"]["tasks"]["condition-1"]
+    assert condition["taskInfo"]["name"] == "tf-trt-asked"
+    # the export step says whether export_formats asked for tf-trt
+    assert condition["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--export-Output'] == true"
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(inner) == {"export-tftrt"}
+    assert inner["export-tftrt"]["taskInfo"]["name"] == "export-tftrt"
+    container = spec["deploymentSpec"]["executors"]["exec-export-tftrt"]["container"]
+    assert container["image"] == "reg.example/effdet-train:9"
+    assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert container["resources"]["accelerator"]["resourceCount"] == "1"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-export-tftrt"]
+    assert k8s["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "A100"}
+    cpu_image = spec["deploymentSpec"]["executors"]["exec-export"]["container"]["image"]
+    assert "effdet-cpu" in cpu_image
+
+
+def test_steps_get_secrets_and_the_settings_config_map(tmp_path):
+    spec, platform = _compile(tmp_path)
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     # credentials come from Secrets on every step, never as literals
-    for name in ("exec-convert", "exec-train", "exec-evaluate", "exec-export", "exec-register"):
+    for name in EXECUTORS:
         secrets = {s["secretName"]: s for s in k8s[name]["secretAsEnv"]}
         assert {e["envVar"] for e in secrets["effdet-s3"]["keyToEnv"]} == {
             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
         assert secrets["effdet-mlflow"]["optional"] is True
     # the cluster's settings ConfigMap on every step, each key optional
-    for name in ("exec-convert", "exec-train", "exec-evaluate", "exec-export", "exec-register"):
+    for name in EXECUTORS:
         (cm,) = k8s[name]["configMapAsEnv"]
         assert cm["configMapName"] == "effdet-pipeline-env" and cm["optional"] is True
         assert {"MLFLOW_TRACKING_URI", "EFFDET_TRAIN_IMAGE", "EFFDET_MPI_WORKERS"} <= {
             e["envVar"] for e in cm["keyToEnv"]}
-    # no GPU on the other steps
-    for name in ("exec-convert", "exec-evaluate", "exec-export", "exec-register"):
-        assert "accelerator" not in (spec["deploymentSpec"]["executors"][name]["container"]
-                                     .get("resources") or {})
-        assert "tolerations" not in k8s[name]
     text = yaml.safe_dump(spec)
     assert "SECRET_ACCESS_KEY:" not in text  # not set as a plain env value anywhere
+
+
+def test_task_names_are_the_display_names(tmp_path):
+    # kfp.local, {{$.pipeline_task_name}} (MPIJob, MLflow) and the run graph show the task name
+    spec, _ = _compile(tmp_path)
+    tasks = spec["root"]["dag"]["tasks"]
+    for name in STEPS:
+        assert tasks[name]["taskInfo"]["name"] == name
+
+
+def test_split_formats_sends_tftrt_to_its_own_step():
+    from efficientdet.orchestration.pipeline_steps import StepError, split_formats
+
+    assert split_formats("saved_model,onnx") == ("saved_model,onnx", False)
+    assert split_formats("onnx, TF-TRT") == ("onnx", True)
+    assert split_formats("tftrt") == ("saved_model", True)  # the SavedModel is still registered
+    with pytest.raises(StepError, match="unknown 'tensorrt'"):
+        split_formats("onnx,tensorrt")
 
 
 def test_caching_and_retries(tmp_path):
     spec, _ = _compile(tmp_path)
     tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["convert"]["cachingOptions"] == {"enableCache": True}
+    assert tasks["convert-train"]["cachingOptions"] == {"enableCache": True}
     assert tasks["train"].get("cachingOptions", {}).get("enableCache") in (None, False)
     assert tasks["register"].get("cachingOptions", {}).get("enableCache") in (None, False)
     assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 1  # safe: the MPIJob is adopted
@@ -152,6 +215,10 @@ def test_local_options_leave_cluster_settings_out(tmp_path):
     executors = (docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
                  if len(docs) > 1 else {})
     assert all("secretAsEnv" not in e for e in executors.values())
+    # kfp.local ignores resources and warns about each: none are set
+    assert all("resources" not in e["container"]
+               for name, e in docs[0]["deploymentSpec"]["executors"].items()
+               if name != "exec-export-tftrt")
     env = docs[0]["deploymentSpec"]["executors"]["exec-train"]["container"].get("env") or []
     assert not [e for e in env if e["name"] == "MLFLOW_TRACKING_URI"]
 
@@ -165,6 +232,14 @@ def test_local_options_leave_cluster_settings_out(tmp_path):
      "missing --param for: train_annotations_uri"),
     (["run-local", "--param", "amp=maybe"], "amp='maybe'"),
     (["compile", "-o", "x.yaml", "--gpu-node-selector", "novalue"], "--gpu-node-selector"),
+    (["compile", "-o", "x.yaml", "--step-resources", "{cpu"], "--step-resources: not JSON"),
+    (["compile", "-o", "x.yaml", "--step-resources", '{"training": {"cpu": "1"}}'],
+     "--step-resources: unknown step 'training'"),
+    (["compile", "-o", "x.yaml", "--step-resources", '{"train": {"cpu": "lots"}}'],
+     "--step-resources train: step resources cpu"),
+    (["compile", "-o", "x.yaml", "--step-resources", '{"train": {"gpu": "1"}}'],
+     "--step-resources train: expected an object with keys among"),
+    (["compile", "-o", "x.yaml", "--train-step-gpus", "1"], "unrecognized arguments"),
     (["mpijob", "--dry-run", "--image", "img"], "no training arguments"),
     (["mpijob", "--dry-run", "--image", "img", "--secret-env", "A=b", "--", "--config", "x"],
      "ENV=SECRET:KEY"),

@@ -55,7 +55,7 @@ def test_detection_pipeline_runs_locally_end_to_end(tmp_path, monkeypatch, capsy
     assert summary["state"] == "SUCCEEDED"
 
     steps = summary["steps"]
-    assert {"convert", "convert-2", "train", "evaluate", "export", "register"} <= set(steps)
+    assert {"convert-train", "convert-val", "train", "evaluate", "export", "register"} <= set(steps)
     assert all(s["status"] == "FINISHED" for s in steps.values())
     client = MlflowClient(uri)
     parent = client.get_run(summary["parent_run_id"])

@@ -37,11 +37,17 @@ def add_parser(sub) -> None:
                            help="MLFLOW_TRACKING_URI for the steps (default: the ConfigMap's)")
             q.add_argument("--s3-endpoint", default="",
                            help="S3 endpoint for the steps (default: the ConfigMap's, else AWS)")
-            q.add_argument("--train-step-gpus", type=v.arg(v.NonNegativeInt), default=1,
-                           help="GPUs of the training step's own pod (0 when only MPIJobs train)")
-            q.add_argument("--accelerator", default=GPU_RESOURCE, help="accelerator type")
+            q.add_argument("--step-resources", default="", metavar="JSON",
+                           help="CPU/memory per step over the defaults, e.g. "
+                                '\'{"evaluate": {"cpu": "8", "memory": "32Gi"}}\' '
+                                "(keys cpu, memory, cpu_limit, memory_limit)")
+            q.add_argument("--accelerator", default=GPU_RESOURCE,
+                           help="accelerator type of the GPU step (export-tftrt)")
             q.add_argument("--gpu-node-selector", default="",
-                           help="k=v[,k=v] node selector of the training step")
+                           help="k=v[,k=v] node selector of the GPU step (export-tftrt)")
+            q.add_argument("--train-image", default="",
+                           help="image of the GPU step (default: REGISTRY/effdet-train:TAG "
+                                "from EFFDET_REGISTRY/EFFDET_IMAGE_TAG)")
 
     c = verbs.add_parser("compile", help="compile the pipeline to KFP IR YAML")
     common(c)
@@ -136,9 +142,11 @@ def _pipelines():
 
 def _options(args):
     from efficientdet.kfp_pipelines.options import ClusterOptions
+    from efficientdet.kfp_pipelines.resources import with_overrides
 
     try:
         selector = key_value.parse_list(args.gpu_node_selector, "--gpu-node-selector")
+        resources = with_overrides(args.step_resources, what="--step-resources")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -146,7 +154,8 @@ def _options(args):
             config_map=args.config_map or None, s3_secret=args.s3_secret or None,
             mlflow_secret=args.mlflow_secret or None, mlflow_tracking_uri=args.mlflow_uri or None,
             s3_endpoint_url=args.s3_endpoint or None, accelerator_type=args.accelerator,
-            train_step_gpus=args.train_step_gpus, gpu_node_selector=selector)
+            gpu_node_selector=selector, train_image=args.train_image or None,
+            step_resources=resources)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

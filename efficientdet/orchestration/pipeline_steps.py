@@ -241,6 +241,18 @@ def parse_formats(formats: str) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+GPU_FORMATS = ("tf-trt",)
+
+
+def split_formats(formats: str) -> tuple[str, bool]:
+    """(the formats the CPU export step makes, whether a GPU format was asked). TF-TRT needs a
+    GPU and the training image, so the pipeline runs it as its own step (export-tftrt); when
+    only it is asked, the CPU step still makes the SavedModel that gets registered."""
+    wanted = parse_formats(formats)
+    cpu = [name for name in wanted if name not in GPU_FORMATS] or ["saved_model"]
+    return ",".join(cpu), any(name in GPU_FORMATS for name in wanted)
+
+
 def export(model_uri: str, output: str, *, formats: str = "saved_model,onnx",
            data_uri: str = "", max_ap_drop: float = 0.01) -> tuple[dict, str]:
     """Exports MODEL_URI to OUTPUT/<format> for each of FORMATS; with DATA_URI each export is
