@@ -165,7 +165,7 @@ def test_local_options_leave_cluster_settings_out(tmp_path):
      "missing --param for: train_annotations_uri"),
     (["run-local", "--param", "amp=maybe"], "amp='maybe'"),
     (["compile", "-o", "x.yaml", "--gpu-node-selector", "novalue"], "--gpu-node-selector"),
-    (["mpijob", "--dry-run", "--image", "img"], "no training arguments"),
+    (["mpijob", "--image", "img"], "no training arguments"),
     (["mpijob", "--dry-run", "--image", "img", "--secret-env", "A=b", "--", "--config", "x"],
      "ENV=SECRET:KEY"),
     (["mpijob", "--dry-run", "--image", "img", "--env", "AWS_SECRET_ACCESS_KEY=x", "--", "x"],
