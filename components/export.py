@@ -11,12 +11,13 @@ from efficientdet.kfp_components.images import COMPONENT_IMAGE
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def export(model: Input[Model], val_data: Input[Dataset], formats: str, max_ap_drop: float,
            kfp_run_id: str, kfp_task: str, exported: Output[Model], metrics: Output[Metrics],
-           summary: Output[Markdown], work_uri: Optional[str] = None):
+           summary: Output[Markdown], work_uri: Optional[str] = None,
+           mlflow_experiment: Optional[str] = None):
     """formats: comma-separated subset of saved_model,onnx,tf-trt. Each export is scored
     against the source model on val_data; an AP (top-1) drop above max_ap_drop fails."""
     from efficientdet.orchestration import pipeline_steps, runs
 
-    with runs.step_context(kfp_run_id, kfp_task):
+    with runs.step_context(kfp_run_id, kfp_task, experiment=mlflow_experiment):
         out = pipeline_steps.output_dir(work_uri, kfp_run_id, kfp_task, exported.path)
         result, md = pipeline_steps.export(
             model.metadata.get("uri") or model.path, out, formats=formats,
