@@ -11,11 +11,12 @@ from efficientdet.kfp_components.images import COMPONENT_IMAGE
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def evaluate(model: Input[Model], val_data: Input[Dataset], kfp_run_id: str, kfp_task: str,
              metrics: Output[Metrics], report: Output[HTML], summary: Output[Markdown],
-             batch_size: Optional[int] = None, work_uri: Optional[str] = None):
+             batch_size: Optional[int] = None, work_uri: Optional[str] = None,
+             mlflow_experiment: Optional[str] = None):
     """Scalars land in `metrics` (the UI's compare view) and in the step's MLflow run."""
     from efficientdet.orchestration import pipeline_steps, runs
 
-    with runs.step_context(kfp_run_id, kfp_task):
+    with runs.step_context(kfp_run_id, kfp_task, experiment=mlflow_experiment):
         out = pipeline_steps.output_dir(work_uri, kfp_run_id, kfp_task, report.path + ".d")
         result, md, html = pipeline_steps.evaluate(model.metadata.get("uri") or model.path,
                                           val_data.metadata.get("uri") or val_data.path, out,

@@ -22,7 +22,8 @@ def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Da
           gpus_per_worker: Optional[int] = None, train_image: Optional[str] = None,
           worker_cpu: Optional[str] = None, worker_memory: Optional[str] = None,
           node_selector: Optional[str] = None, deadline_seconds: Optional[int] = None,
-          work_uri: Optional[str] = None):
+          learning_rate: Optional[float] = None, ema_decay: Optional[float] = None,
+          work_uri: Optional[str] = None, mlflow_experiment: Optional[str] = None):
     """Ranks = workers x max(1, gpus_per_worker). Training settings left None keep the
     recipe's value (the recipe and the set values become one config document the ranks
     read); cluster settings left None take the cluster's defaults.
@@ -35,11 +36,12 @@ def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Da
 
     train_uri = train_data.metadata.get("uri") or train_data.path
     val_uri = val_data.metadata.get("uri") or val_data.path
-    with runs.step_context(kfp_run_id, kfp_task):
+    with runs.step_context(kfp_run_id, kfp_task, experiment=mlflow_experiment):
         out = pipeline_steps.output_dir(work_uri, kfp_run_id, kfp_task, model.path)
         overrides = TrainOverrides(
             task=task, model=model_name, image_size=image_size, steps=steps, epochs=epochs,
-            batch_size=batch_size, amp=amp, xla=xla, train_data=train_uri,
+            batch_size=batch_size, amp=amp, xla=xla, lr=learning_rate, ema_decay=ema_decay,
+            train_data=train_uri,
             val_data=val_uri or None, **init_overrides(init_from, task))
         args = pipeline_steps.write_train_config(recipe=recipe, overrides=overrides, output=out)
         cluster = ClusterSettings.from_env().with_step_parameters(

@@ -28,6 +28,8 @@ def build(options: ClusterOptions):
         batch_size: Optional[int] = None,
         amp: Optional[bool] = None,
         xla: Optional[bool] = None,
+        learning_rate: Optional[float] = None,
+        ema_decay: Optional[float] = None,
         init_from: Optional[str] = None,
         workers: Optional[int] = None,
         gpus_per_worker: Optional[int] = None,
@@ -47,6 +49,7 @@ def build(options: ClusterOptions):
         threshold: float = 0.3,
         alias: str = "champion",
         work_uri: Optional[str] = None,
+        mlflow_experiment: Optional[str] = None,
     ):
         """Train EfficientDet on a COCO-format set and register it when it scores well enough.
 
@@ -66,6 +69,10 @@ def build(options: ClusterOptions):
             batch_size: Global batch size; empty keeps the recipe's.
             amp: Mixed precision (float16); empty keeps the recipe's.
             xla: XLA compilation of the training step; empty keeps the recipe's.
+            learning_rate: Peak learning rate per the recipe's reference batch (scaled with
+                the batch size); empty keeps the recipe's.
+            ema_decay: Decay of the weights' moving average, in [0, 1), 0 turns EMA off; empty
+                keeps the recipe's.
             init_from: Backbone or model to start from: URI, models:/NAME@ALIAS, checkpoint.
             workers: MPIJob workers (pods); empty takes the cluster's default.
             gpus_per_worker: GPUs per worker, 0 for CPU ranks; empty takes the cluster's default.
@@ -85,23 +92,28 @@ def build(options: ClusterOptions):
             threshold: Lowest metric value that moves the alias to the new version.
             alias: MLflow alias set on a version that passes the threshold.
             work_uri: s3:// prefix for data and models (MPIJob ranks run in other pods).
+            mlflow_experiment: MLflow experiment of the run's parent and step runs; empty takes
+                the cluster's MLFLOW_EXPERIMENT_NAME, else efficientdet.
         """
         splits = {"train": (train_annotations_uri, train_images_uri),
                   "val": (val_annotations_uri, val_images_uri)}
         data = {split: convert_split(options, task="detection", split=split, source_uri=source,
                                      images_uri=images, num_shards=num_shards,
-                                     work_uri=work_uri).outputs["dataset"]
+                                     work_uri=work_uri,
+                                     mlflow_experiment=mlflow_experiment).outputs["dataset"]
                 for split, (source, images) in splits.items()}
         train_to_register(
             options, task="detection", train_data=data["train"], val_data=data["val"],
             recipe=recipe, model_name=model_name, image_size=image_size, steps=steps,
-            epochs=epochs, batch_size=batch_size, amp=amp, xla=xla, init_from=init_from,
+            epochs=epochs, batch_size=batch_size, amp=amp, xla=xla, learning_rate=learning_rate,
+            ema_decay=ema_decay, init_from=init_from,
             workers=workers, gpus_per_worker=gpus_per_worker, launcher=launcher,
             train_image=train_image, worker_cpu=worker_cpu, worker_memory=worker_memory,
             node_selector=node_selector, mpijob_cleanup=mpijob_cleanup,
             deadline_seconds=deadline_seconds, eval_batch_size=eval_batch_size,
             export_formats=export_formats, max_parity_drop=max_parity_drop,
             registered_model_name=registered_model_name, metric_name=metric_name,
-            threshold=threshold, alias=alias, work_uri=work_uri)
+            threshold=threshold, alias=alias, work_uri=work_uri,
+            mlflow_experiment=mlflow_experiment)
 
     return detection_pipeline

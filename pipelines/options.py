@@ -60,10 +60,13 @@ class ClusterOptions:
                    step_resources={})
 
 
-def identity() -> dict:
-    """The KFP run id and task name, resolved when the task runs (names the MPIJob, tags runs)."""
+def identity(mlflow_experiment) -> dict:
+    """The KFP run id and task name, resolved when the task runs (names the MPIJob, tags runs),
+    and the pipeline's MLFLOW_EXPERIMENT parameter: every step may be the first to make the
+    parent MLflow run, so every step needs to know its experiment."""
     return {"kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            "kfp_task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
+            "kfp_task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+            "mlflow_experiment": mlflow_experiment}
 
 
 def configure(task: dsl.PipelineTask, options: ClusterOptions, *, name: str, cache: bool,

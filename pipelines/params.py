@@ -13,6 +13,8 @@ RULES = {
     "gpus_per_worker": v.NonNegativeInt,
     "epochs": v.NonNegativeNumber,
     "max_parity_drop": v.Probability,
+    "learning_rate": v.PositiveNumber,
+    "ema_decay": v.Fraction,
     "threshold": v.Number,
     "worker_cpu": v.Quantity,
     "worker_memory": v.Quantity,

@@ -33,6 +33,7 @@ def run_local(task: str, params: dict, *, pipeline_root: str | Path,
     saved = {k: os.environ.get(k) for k in (*env, "EFFDET_MLFLOW_PARENT_RUN_ID")}
     os.environ.update(env)
     parent = runs.ensure_parent_run(run_id, pipeline=pipeline.name,
+                                    experiment=params.get("mlflow_experiment"),
                                     tags={"effdet.runner": "kfp.local"})
     if parent:
         os.environ["EFFDET_MLFLOW_PARENT_RUN_ID"] = parent

@@ -211,5 +211,29 @@ def test_mpijob_flags_override_single_settings(monkeypatch, capsys):
 
 def test_mpijob_without_image_anywhere_is_a_usage_error(monkeypatch, capsys):
     monkeypatch.delenv("EFFDET_TRAIN_IMAGE", raising=False)
-    assert main(["pipeline", "mpijob", "--dry-run", "--", "--config", "x"]) == 2
+    assert main(["pipeline", "mpijob", "--", "--config", "x"]) == 2
     assert "no training image: set EFFDET_TRAIN_IMAGE" in capsys.readouterr().err
+
+
+def test_mpijob_dry_run_alone_prints_the_steps_job_with_named_stand_ins(monkeypatch, capsys):
+    from efficientdet.cli.pipeline import DRY_RUN_IMAGE, DRY_RUN_TRAIN_ARGS
+
+    for key, value in CLUSTER_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("EFFDET_TRAIN_IMAGE")
+    assert main(["pipeline", "mpijob", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    job = yaml.safe_load(out)
+    pod = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+    # the cluster's settings, as the step reads them; the stand-ins are named on stderr
+    assert job["spec"]["sshAuthMountPath"] == "/home/mpiuser/.ssh"
+    assert pod["serviceAccountName"] == "effdet-training"
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert pod["containers"][0]["image"] == DRY_RUN_IMAGE and DRY_RUN_IMAGE in err
+    launcher = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    assert launcher["command"][-4:] == ["effdet", "train", *DRY_RUN_TRAIN_ARGS]
+    # a configured image is used as is
+    monkeypatch.setenv("EFFDET_TRAIN_IMAGE", "reg/effdet-train:2")
+    assert main(["pipeline", "mpijob", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "reg/effdet-train:2" in out and DRY_RUN_IMAGE not in out + err

@@ -177,7 +177,8 @@ def test_ui_parameters_and_defaults(tmp_path):
 
 
 KEEP_RECIPE = ("model_name", "image_size", "steps", "epochs", "batch_size", "amp", "xla",
-               "init_from", "workers", "gpus_per_worker", "train_image", "worker_cpu",
+               "learning_rate", "ema_decay", "mlflow_experiment", "init_from", "workers",
+               "gpus_per_worker", "train_image", "worker_cpu",
                "worker_memory", "node_selector", "deadline_seconds", "num_shards",
                "eval_batch_size", "work_uri")
 
@@ -195,10 +196,17 @@ def test_parameters_carry_descriptions_and_unset_means_keep_the_recipe(tmp_path,
         assert "defaultValue" not in params[name], name
     assert params["amp"]["parameterType"] == "BOOLEAN"
     assert params["steps"]["parameterType"] == "NUMBER_INTEGER"
+    assert params["learning_rate"]["parameterType"] == "NUMBER_DOUBLE"
+    # the experiment reaches every step: whichever runs first makes the parent run in it
+    tasks = spec["root"]["dag"]["tasks"]
+    assert {name for name, t in tasks.items() if t["inputs"]["parameters"].get(
+        "mlflow_experiment") == {"componentInputParameter": "mlflow_experiment"}} == {
+            name for name in tasks if not name.startswith("condition-")}  # dsl.If groups
     # and the training step declares them optional too, bound to the pipeline's parameters
     train_inputs = spec["components"]["comp-train"]["inputDefinitions"]["parameters"]
     bound = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
-    for name in ("amp", "xla", "steps", "model_name", "workers", "gpus_per_worker"):
+    for name in ("amp", "xla", "steps", "model_name", "workers", "gpus_per_worker",
+                 "learning_rate", "ema_decay"):
         assert train_inputs[name].get("isOptional") is True and "defaultValue" not in \
             train_inputs[name], name
         assert bound[name] == {"componentInputParameter": name}
@@ -240,7 +248,7 @@ def test_local_options_leave_cluster_settings_out(tmp_path):
     (["compile", "-o", "x.yaml", "--step-resources", '{"train": {"gpu": "1"}}'],
      "--step-resources train: expected an object with keys among"),
     (["compile", "-o", "x.yaml", "--train-step-gpus", "1"], "unrecognized arguments"),
-    (["mpijob", "--dry-run", "--image", "img"], "no training arguments"),
+    (["mpijob", "--image", "img"], "no training arguments"),
     (["mpijob", "--dry-run", "--image", "img", "--secret-env", "A=b", "--", "--config", "x"],
      "ENV=SECRET:KEY"),
     (["mpijob", "--dry-run", "--image", "img", "--env", "AWS_SECRET_ACCESS_KEY=x", "--", "x"],
@@ -258,9 +266,13 @@ def test_param_coercion_follows_declared_types():
 
     p = build("detection")
     got = coerce(p, ["workers=4", "amp=false", "threshold=0.25", "model_name=efficientdet-d1",
-                     "epochs=3"])
+                     "epochs=3", "learning_rate=0.02", "ema_decay=0", "mlflow_experiment=team"])
     assert got == {"workers": 4, "amp": False, "threshold": 0.25,
-                   "model_name": "efficientdet-d1", "epochs": 3.0}
+                   "model_name": "efficientdet-d1", "epochs": 3.0, "learning_rate": 0.02,
+                   "ema_decay": 0.0, "mlflow_experiment": "team"}
+    for pair, message in (("learning_rate=0", "learning_rate"), ("ema_decay=1", "ema_decay")):
+        with pytest.raises(ValueError, match=message):
+            coerce(p, [pair])
 
 
 def test_mpijob_dry_run_prints_yaml(capsys):

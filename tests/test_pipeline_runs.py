@@ -64,6 +64,28 @@ def test_one_parent_per_pipeline_run_and_nested_step_runs(mlflow_sqlite):
     assert "EFFDET_MLFLOW_PARENT_RUN_ID" not in __import__("os").environ  # restored
 
 
+def test_pipeline_experiment_holds_parent_and_step_runs(mlflow_sqlite, monkeypatch):
+    """The pipeline's mlflow_experiment: whichever step comes first makes the parent there,
+    the others find it there; the environment's experiment is back after the step."""
+    import os
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "cluster-default")
+    with runs.step_context("run-e", "convert-train", experiment="team-a") as parent, \
+            tracking.step_run("convert") as run:
+        assert os.environ["MLFLOW_EXPERIMENT_NAME"] == "team-a"  # what the ranks get forwarded
+        step_id = run.info.run_id
+    assert os.environ["MLFLOW_EXPERIMENT_NAME"] == "cluster-default"
+    with runs.step_context("run-e", "train", experiment="team-a") as parent_again:
+        assert parent_again == parent
+    c = _client()
+    team = c.get_experiment_by_name("team-a").experiment_id
+    assert {c.get_run(r).info.experiment_id for r in (parent, step_id)} == {team}
+    assert c.get_experiment_by_name("cluster-default") is None
+    with runs.step_context("run-f", "convert-train") as default_parent:
+        assert c.get_run(default_parent).info.experiment_id == \
+            c.get_experiment_by_name("cluster-default").experiment_id
+
+
 def test_kfp_plugin_run_id_wins(mlflow_sqlite, monkeypatch):
     c = _client()
     exp = c.create_experiment("plugin")
@@ -186,6 +208,14 @@ def test_set_pipeline_settings_arrive_as_values(monkeypatch, tmp_path, amp, xla)
     assert (config.train.steps, config.data.batch_size) == (12, 4)
     assert (config.model, config.image_size) == ("efficientdet-d1", 256)
     assert config.optimizer.lr == 0.08  # untouched recipe value
+    assert config.optimizer.ema_decay == 0.9998
+
+
+def test_pipeline_learning_rate_and_ema_decay_reach_the_optimizer(monkeypatch, tmp_path):
+    config = _trained_config(monkeypatch, tmp_path, "efficientdet-d0-coco",
+                             learning_rate=0.02, ema_decay=0.0)
+    assert (config.optimizer.lr, config.optimizer.ema_decay) == (0.02, 0.0)
+    assert config.precision.xla is True  # the rest stays the recipe's
 
 
 def test_pipeline_epochs_replace_the_recipe_steps(monkeypatch, tmp_path):

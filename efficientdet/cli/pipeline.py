@@ -17,6 +17,12 @@ from efficientdet.orchestration.cluster_settings import (
     SETTING_KEYS,
 )
 
+# What `mpijob --dry-run` shows when the environment does not say: the recipe the detection
+# pipeline trains by default (the step passes the config document it resolved from it), and an
+# image name that says it is missing (no job is created from a dry run).
+DRY_RUN_TRAIN_ARGS = ("--config", "efficientdet-d0-coco")
+DRY_RUN_IMAGE = "effdet-train:unset-EFFDET_TRAIN_IMAGE"
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("pipeline", help="compile, submit or run the Kubeflow pipeline; MPIJob tools",
@@ -84,7 +90,10 @@ def add_parser(sub) -> None:
                                      "ConfigMap, read from the environment) and the same "
                                      "builder; options override single settings. With "
                                      "--dry-run print it as YAML; otherwise create it with the "
-                                     "current kubeconfig and follow it. Training args follow `--`.")
+                                     "current kubeconfig and follow it. Training args follow `--` "
+                                     "(--dry-run without them: "
+                                     f"{' '.join(DRY_RUN_TRAIN_ARGS)}; without a training image "
+                                     f"anywhere it shows {DRY_RUN_IMAGE}).")
     m.add_argument("--dry-run", action="store_true", help="print the MPIJob as YAML, create nothing")
     m.add_argument("--run-id", default="manual", help="KFP run id (names the job)")
     m.add_argument("--kfp-task", "--task", dest="kfp_task", default="train",
@@ -97,9 +106,9 @@ def add_parser(sub) -> None:
     setting("--image", "train_image")
     setting("--workers", "workers", type=v.arg(v.PositiveInt))
     setting("--gpus-per-worker", "gpus_per_worker", type=v.arg(v.NonNegativeInt))
-    setting("--cpu", "worker_cpu")
-    setting("--memory", "worker_memory")
-    setting("--shm-size", "shm_size")
+    setting("--cpu", "worker_cpu", type=v.arg(v.Quantity, parse=str))
+    setting("--memory", "worker_memory", type=v.arg(v.Quantity, parse=str))
+    setting("--shm-size", "shm_size", type=v.arg(v.Quantity, parse=str))
     setting("--service-account", "service_account")
     setting("--s3-secret", "s3_secret")
     m.add_argument("--mlflow-secret", default="",
@@ -307,14 +316,30 @@ def mpijob_backend(args):
 
 def build_mpijob_spec(args):
     """The MPIJob spec the training step would build for these options (see mpijob_backend),
-    with the env it forwards from this environment plus --env."""
+    with the env it forwards from this environment plus --env. A dry run fills in what is
+    missing (DRY_RUN_TRAIN_ARGS, DRY_RUN_IMAGE) and says so on stderr; a real run needs both."""
     from efficientdet.orchestration.backends import forwarded_env
+    from efficientdet.orchestration.cluster_settings import ClusterSettings
 
-    if not args.train_args:
-        raise UsageError("no training arguments: add them after `--`, "
-                         "e.g. -- --config synth-detection")
-    env = {**forwarded_env(), **key_value.parse_pairs(args.env, "--env", "K=V")}
-    return mpijob_backend(args).spec(args.train_args, env)
+    train_args = list(args.train_args)
+    if not train_args:
+        if not args.dry_run:
+            raise UsageError("no training arguments: add them after `--`, "
+                             "e.g. -- --config synth-detection")
+        train_args = list(DRY_RUN_TRAIN_ARGS)
+        print(f"effdet pipeline mpijob: training args {' '.join(train_args)} (none given after "
+              "`--`; the step passes --config <output>/train-config.yaml)", file=sys.stderr)
+    if args.dry_run and not (args.train_image or ClusterSettings.from_env().train_image):
+        args.train_image = DRY_RUN_IMAGE
+        print(f"effdet pipeline mpijob: image {DRY_RUN_IMAGE} (no --image, no "
+              f"{SETTING_KEYS['train_image']}; set one before running the job)", file=sys.stderr)
+    user_env = key_value.parse_pairs(args.env, "--env", "K=V")
+    for i, name in enumerate(user_env):
+        try:
+            v.check(name, v.EnvName, f"--env[{i}]")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return mpijob_backend(args).spec(train_args, {**forwarded_env(), **user_env})
 
 
 def run_mpijob(args) -> int:

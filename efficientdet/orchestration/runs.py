@@ -65,14 +65,19 @@ def finish_parent_run(parent_id: str | None, status: str = "FINISHED") -> None:
 
 
 @contextlib.contextmanager
-def step_context(run_id: str, task: str, *, pipeline: str = "efficientdet") -> Iterator[str | None]:
+def step_context(run_id: str, task: str, *, pipeline: str = "efficientdet",
+                 experiment: str | None = None) -> Iterator[str | None]:
     """Sets the KFP identity and the parent run in os.environ for one step; yields the parent
-    run id (None when KFP's plugin owns the run, or tracking is off)."""
+    run id (None when KFP's plugin owns the run, or tracking is off). EXPERIMENT (the
+    pipeline's mlflow_experiment) replaces MLFLOW_EXPERIMENT_NAME for the step and the ranks
+    it starts; None keeps the environment's."""
     # run-local names the run itself (its parent run is made before kfp.local starts)
     run_id = os.environ.get("KFP_PIPELINE_RUN_ID") or run_id
     env = kfp_env(run_id, task)
+    if experiment:
+        env["MLFLOW_EXPERIMENT_NAME"] = experiment
     if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("EFFDET_MLFLOW_PARENT_RUN_ID"):
-        parent = ensure_parent_run(run_id, pipeline=pipeline)
+        parent = ensure_parent_run(run_id, pipeline=pipeline, experiment=experiment)
         if parent:
             env["EFFDET_MLFLOW_PARENT_RUN_ID"] = parent
     saved = {k: os.environ.get(k) for k in env}
