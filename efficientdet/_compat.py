@@ -3,11 +3,13 @@
 kfp 2.17 needs protobuf 6, where `MessageFactory.GetPrototype` is gone; TensorFlow 2.17's
 pybind11 bridge still calls it at import and prints an AttributeError per call (functionally
 harmless: it falls back to serialization). Restoring the alias keeps the fast path and the
-console clean. TensorFlow's C++ INFO lines are silenced unless the user set the level.
+console clean. TensorFlow's C++ INFO lines are silenced unless the user set the level (the
+user's value is kept in USER_TF_CPP_MIN_LOG_LEVEL for `console.configure`).
 """
 
 import os
 
+USER_TF_CPP_MIN_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 try:

@@ -50,11 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
         "on one machine or on Kubernetes.",
     )
     parser.add_argument("--version", action="version", version=f"effdet {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"efficientdet.cli.{name}").add_parser(sub)
+    _add_verbose_to_subcommands(parser)
     return parser
+
+
+VERBOSE_HELP = ("debug logging, and the output of TensorFlow, absl, tf2onnx and the KFP "
+                "executor that is hidden by default")
+
+
+def _add_verbose_to_subcommands(parser: argparse.ArgumentParser) -> None:
+    """`-v` also after the subcommand (`effdet train -v ...`); SUPPRESS keeps a `-v` given
+    before it."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in action.choices.values():
+            if not any("-v" in a.option_strings for a in child._actions):
+                child.add_argument("-v", "--verbose", action="store_true",
+                                   default=argparse.SUPPRESS, help=VERBOSE_HELP)
+            _add_verbose_to_subcommands(child)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -93,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse printed its one-line usage error (or --help)
         return exc.code if isinstance(exc.code, int) else 2
+    from efficientdet import console
+
+    console.configure(args.verbose)  # before any handler imports TensorFlow
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

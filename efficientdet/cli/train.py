@@ -26,19 +26,45 @@ def add_parser(sub) -> None:
     p.add_argument("--amp", action="store_true", default=None,
                    help="mixed precision (float16 + loss scaling on GPU, bfloat16 on CPU)")
     p.add_argument("--xla", action="store_true", default=None, help="XLA-compile the step")
+    p.add_argument("--dllogger-stdout", action="store_true",
+                   help="also print the DLLL JSON lines (NVIDIA dllogger format) on stdout; "
+                   "they are always written to logging.dllogger_file (<output>/dllogger.json)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and exit")
     p.set_defaults(handler=run)
 
 
+def summary_lines(summary: dict, seconds: float, config) -> list[str]:
+    """The closing lines of a run: what was trained, how fast, and where everything is."""
+    from efficientdet import console
+    from efficientdet.storage import join
+    from efficientdet.training.hooks.progress import format_values
+
+    values = format_values(summary.get("losses") or {})
+    rate = summary.get("images_per_second")
+    dlll = config.logging.dllogger_file or join(config.output, "dllogger.json")
+    lines = [f"trained {summary.get('model')} for {summary.get('final_step')} steps in "
+             f"{console.format_duration(seconds)} on {summary.get('world_size')} rank(s)"
+             + (f", {rate:.1f} img/s" if rate else "") + (f": {values}" if values else ""),
+             (f"model: {summary.get('model_uri')}  (summary "
+              f"{join(config.output, 'summary.json')}, DLLL log {dlll})")]
+    if summary.get("checkpoint"):
+        lines.append(f"last checkpoint: {summary['checkpoint']}")
+    if summary.get("mlflow_run_id"):
+        lines.append(f"MLflow run: {summary['mlflow_run_id']}")
+    return lines
+
+
 def run(args) -> int:
-    import json
+    import time
 
     from efficientdet.cli import UsageError
     from efficientdet.training.config import ConfigError, TrainOverrides, load_config
 
     flags = TrainOverrides(output=args.output, init_model=args.init_model,
                            init_backbone=args.init_backbone, amp=args.amp, xla=args.xla)
+    if args.dllogger_stdout:
+        args.overrides = [*args.overrides, "logging.dllogger_stdout=true"]
     try:
         config = load_config(args.config, args.overrides, flags)
     except ConfigError as exc:
@@ -47,13 +73,10 @@ def run(args) -> int:
         print(config.to_yaml(), end="")
         return 0
 
-    import logging
-
     from efficientdet.training.checkpoints import CheckpointError
     from efficientdet.training.loop import TrainingDiverged, TrainingInterrupted, train
 
-    logging.getLogger("absl").setLevel(logging.WARNING)  # TF's per-checkpoint INFO lines
-
+    start = time.monotonic()
     try:
         summary = train(config)
     except TrainingInterrupted as exc:
@@ -65,7 +88,6 @@ def run(args) -> int:
     except (FileNotFoundError, ConfigError, CheckpointError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
     if summary.get("rank", 0) == 0:
-        print("summary: " + json.dumps({k: summary.get(k) for k in (
-            "final_step", "losses", "images_per_second", "model_uri", "mlflow_run_id")},
-            default=str), flush=True)
+        print("\n".join(summary_lines(summary, time.monotonic() - start, config)),
+              flush=True)
     return 0

@@ -116,7 +116,7 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     dllogger_file: str | None = None  # None: <output>/dllogger.json (rank 0)
-    dllogger_stdout: bool = True
+    dllogger_stdout: bool = False  # True: the DLLL lines also on stdout (`--dllogger-stdout`)
     mlflow: bool = True
     system_metrics: bool = True
 

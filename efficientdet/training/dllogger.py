@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,7 +31,9 @@ def _jsonable(value: Any) -> Any:
 
 
 class DLLogger:
-    def __init__(self, file: str | Path | None = None, stream: TextIO | None = sys.stdout):
+    """Writes each record to FILE and, when given, to STREAM (e.g. sys.stdout)."""
+
+    def __init__(self, file: str | Path | None = None, stream: TextIO | None = None):
         self.start = time.time()
         self.stream = stream
         self._fh = None

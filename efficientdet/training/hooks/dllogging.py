@@ -16,17 +16,18 @@ FILE_NAME = "dllogger.json"
 
 
 class DLLLogging(Hook):
-    """Writes FILE (and STDOUT lines when asked); with UPLOAD_URI the file is copied there when
+    """Writes FILE (and the same lines to stdout when STDOUT; the console has its own human
+    lines, `hooks.progress`); with UPLOAD_URI the file is copied there when
     the run ends, also after an error. Rank 0 only."""
 
-    def __init__(self, file: str, *, stdout: bool = True, upload_uri: str | None = None):
+    def __init__(self, file: str, *, stdout: bool = False, upload_uri: str | None = None):
         self.file = file
         self.stdout = stdout
         self.upload_uri = upload_uri
         self.logger: DLLogger | None = None
 
     @classmethod
-    def for_output(cls, output: str, file: str | None = None, *, stdout: bool = True):
+    def for_output(cls, output: str, file: str | None = None, *, stdout: bool = False):
         """FILE, else OUTPUT/dllogger.json; an s3:// OUTPUT gets a local file uploaded there."""
         if file is not None:
             return cls(file, stdout=stdout)

@@ -31,7 +31,8 @@ def artifact_meta(trainer) -> ModelMeta:
 
 class FinalArtifact(Hook):
     """Every rank records its final digests and throughput in the summary (and prints its
-    weights digest); rank 0 saves OUTPUT/model and writes OUTPUT/summary.json."""
+    weights digest); rank 0 saves OUTPUT/model and writes OUTPUT/summary.json (the command's
+    closing lines report the throughput)."""
 
     def on_train_end(self, trainer) -> None:
         through = trainer.meter.summary()
@@ -49,16 +50,14 @@ class FinalArtifact(Hook):
         if not trainer.is_chief:
             return
         self.save_model(trainer)
-        final = {k: v for k, v in through.items() if v is not None}
-        print("throughput: " + ", ".join(
-            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in final.items()), flush=True)
         write_summary(trainer.config.output, trainer.summary)
 
     @staticmethod
     def save_model(trainer) -> None:
+        from efficientdet import console
         from efficientdet.models.artifact import save_artifact
 
+        console.phase(f"saving the model to {trainer.summary['model_uri']}")
         meta, uri = artifact_meta(trainer), trainer.summary["model_uri"]
         if trainer.ema is not None:
             with trainer.ema.swapped():

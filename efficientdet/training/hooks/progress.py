@@ -1,23 +1,71 @@
-"""The console lines of a run on rank 0: what is trained, then one line per logged step."""
+"""The console of a run on rank 0: a line per phase (building, compiling the step, checkpoint
+saved), the banner of what is trained, then one human line per logged step."""
 
 from __future__ import annotations
 
+import time
+
+from efficientdet import console
 from efficientdet.training.hooks.base import Hook
 
 RATE_KEYS = ("learning_rate", "images_per_second")
+TOTAL_KEYS = ("loss", "total_loss")
 
 
-def format_progress(step: int, total: int, logs: dict) -> str:
-    """``step 10/600  loss 1.2345  ...  lr 0.00800  12.3 img/s``."""
-    parts = [f"step {step}/{total}"]
-    parts += [f"{k} {v:.4f}" for k, v in logs.items() if k not in RATE_KEYS]
-    parts += [f"lr {logs['learning_rate']:.5f}", f"{logs['images_per_second']:.1f} img/s"]
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def format_values(logs: dict) -> str:
+    """``loss 1.234 (cls 0.91 box 0.0065)  l2 1.2``: the task's loss with its ``*_loss`` parts
+    in brackets, then the other values (weight decay ``l2``, ``accuracy``); rates left out."""
+    terms = {k[:-len("_loss")]: v for k, v in logs.items()
+             if k.endswith("_loss") and k not in (*TOTAL_KEYS, "l2_loss")}
+    parts = []
+    if "loss" in logs:
+        inner = " ".join(f"{k} {_number(v)}" for k, v in terms.items())
+        parts.append(f"loss {_number(logs['loss'])}" + (f" ({inner})" if inner else ""))
+    shown = {*TOTAL_KEYS, *RATE_KEYS, *(f"{t}_loss" for t in terms)}
+    parts += [f"{k.removesuffix('_loss')} {_number(v)}" for k, v in logs.items()
+              if k not in shown]
     return "  ".join(parts)
 
 
+def format_progress(step: int, total: int, logs: dict, eta_seconds: float | None = None) -> str:
+    """``step 120/400  loss 1.234 (cls 0.91 box 0.0065)  l2 1.2  lr 0.0712  38.1 img/s  ETA
+    2m31s``: the values (`format_values`), the learning rate, throughput and time left."""
+    parts = [f"step {step}/{total}"]
+    values = format_values(logs)
+    if values:
+        parts.append(values)
+    if "learning_rate" in logs:
+        parts.append(f"lr {_number(logs['learning_rate'])}")
+    if "images_per_second" in logs:
+        parts.append(f"{logs['images_per_second']:.1f} img/s")
+    if eta_seconds is not None:
+        parts.append(f"ETA {console.format_duration(eta_seconds)}")
+    return "  ".join(parts)
+
+
+def eta_seconds(step: int, total: int, global_batch: int, images_per_second: float) -> float | None:
+    """Time left at the current throughput; None when unknown or nothing is left."""
+    if step >= total or not images_per_second or images_per_second <= 0:
+        return None
+    return (total - step) * global_batch / images_per_second
+
+
 class ConsoleProgress(Hook):
-    """Prints the run's banner (model, ranks, steps, batch, lr, precision, resume, init) and a
-    progress line at every logged step. Rank 0 only: list it on rank 0."""
+    """Prints what the run is doing: the build, the banner (model, ranks, steps, batch, lr,
+    precision, resume, init), the first (compiling) step, a progress line at every logged step
+    and each checkpoint. Rank 0 only: list it on rank 0."""
+
+    def __init__(self):
+        self._phase_start = time.monotonic()
+
+    def on_setup(self, trainer) -> None:
+        c = trainer.config
+        self._phase_start = time.monotonic()
+        console.phase(f"building {c.model} ({c.task}) and its training state")
 
     def on_train_begin(self, trainer) -> None:
         c, lengths = trainer.config, trainer.lengths
@@ -31,7 +79,20 @@ class ConsoleProgress(Hook):
             print(f"init.{kind} {info['source']}: loaded {info['loaded']} variables"
                   + (f", re-initialised {', '.join(info['reinitialised'])}"
                      if info.get("reinitialised") else ""), flush=True)
+        if trainer.start_step < trainer.total_steps:
+            console.phase("compiling the training step"
+                          + (" with XLA" if c.precision.xla else "")
+                          + " (the first step takes longest)")
+        self._phase_start = time.monotonic()
 
     def on_step_end(self, trainer, step, logs) -> None:
+        if step == trainer.start_step + 1:
+            seconds = time.monotonic() - self._phase_start
+            console.phase(f"first step compiled and run in {console.format_duration(seconds)}")
         if logs is not None:
-            print(format_progress(step, trainer.total_steps, logs), flush=True)
+            eta = eta_seconds(step, trainer.total_steps, trainer.lengths["global_batch"],
+                              logs.get("images_per_second", 0.0))
+            print(format_progress(step, trainer.total_steps, logs, eta), flush=True)
+
+    def on_checkpoint(self, trainer, step, path) -> None:
+        console.phase(f"checkpoint saved: {path} (step {step})")

@@ -1,0 +1,73 @@
+"""What a person sees on the console: phase lines, durations, the evaluation line, and the
+third-party noise (TensorFlow's C++ and Python logs, absl, tf2onnx, deprecation warnings)
+kept out unless asked for (`effdet -v`).
+
+Phase lines go to stderr, so that stdout holds results (and ``--json`` output) only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import warnings
+
+from efficientdet import _compat
+
+VERBOSE_ENV = "EFFDET_VERBOSE"  # "1": subprocesses (Horovod ranks, pipeline steps) stay verbose
+NOISY_LOGGERS = ("tensorflow", "absl", "tf2onnx", "keras", "h5py")
+NOISY_MODULES = r"(tensorflow|tf_keras|keras|tf2onnx|absl|google\.protobuf|h5py|onnx|onnxruntime)"
+NOISY_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning)
+
+
+def is_verbose() -> bool:
+    """Whether this process (or the command that started it) asked for third-party output."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def configure(verbose: bool | None = None) -> None:
+    """Silence third-party noise, or with VERBOSE bring it back (None: `EFFDET_VERBOSE`).
+
+    Call before TensorFlow is imported: its C++ log level is read once, at import. A
+    ``TF_CPP_MIN_LOG_LEVEL`` the user set is always kept. The choice is exported to the
+    environment so subprocesses started from here make the same one.
+    """
+    verbose = is_verbose() if verbose is None else verbose
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    if _compat.USER_TF_CPP_MIN_LOG_LEVEL is None:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "2"
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
+    if not verbose:
+        for category in NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", category=category, module=NOISY_MODULES)
+
+
+def format_duration(seconds: float) -> str:
+    """``0.8s``, ``41s``, ``2m31s``, ``1h02m``: as short as the length allows."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"duration {seconds!r}: must be a non-negative number of seconds")
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def phase(text: str) -> None:
+    """One line saying that a phase starts or ended (building, compiling, saving, exporting)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def evaluation_line(step: int, metrics: dict, seconds: float | None = None) -> str:
+    """``eval at step 200: AP 0.2310  AP50 0.4512  val_loss 1.234  (12s)``: the line of one
+    evaluation during training (metrics in the order given)."""
+    parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
+    line = f"eval at step {step}: " + "  ".join(parts)
+    return line + (f"  ({format_duration(seconds)})" if seconds is not None else "")
