@@ -145,3 +145,16 @@ def test_perfect_detections_from_builder_score_one():
     gt = b.build()
     dets = to_coco_detections(1, boxes * [300, 500, 300, 500], [0.9, 0.8], [3, 88])
     assert evaluate_coco(gt, dets).stats["AP"] == pytest.approx(1.0)
+
+
+def test_evaluate_ends_with_the_headline_and_the_report_path():
+    from efficientdet.cli.evaluate import headline
+
+    detection = {"metrics": {"AP": 0.231, "AP50": 0.45, "AP75": 0.2}, "num_images": 32}
+    assert headline(detection, "runs/eval", report=True) == (
+        "AP 0.2310  AP50 0.4500 on 32 images; report runs/eval/report.html")
+    assert headline(detection, "runs/eval", report=False) == (
+        "AP 0.2310  AP50 0.4500 on 32 images; metrics runs/eval/metrics.json")
+    classifier = {"task": "classification", "metrics": {"top1": 0.5, "top5": 1.0},
+                  "num_images": 8}
+    assert headline(classifier, None, report=True) == "top1 0.5000  top5 1.0000 on 8 images"

@@ -30,13 +30,11 @@ def _env(**extra):
     return env
 
 
-def _dlll(text: str) -> list[dict]:
-    out = []
-    for line in text.splitlines():
-        _, sep, rest = line.partition("DLLL ")
-        if sep:
-            out.append(json.loads(rest))
-    return out
+def _dlll(path: Path) -> list[dict]:
+    """The records of a run's DLLL file (the console carries human lines only)."""
+    from efficientdet.training.dllogger import parse_line
+
+    return [parse_line(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.horovod
@@ -62,7 +60,8 @@ def test_horovod_two_ranks_identical_weights_and_loss_falls(tmp_path):
     assert full["0"] == full["1"]  # BN statistics averaged too
     # only rank 0 logs: one progress line per step
     assert len(re.findall(r"step \d+/12 ", text)) == 12
-    records = [r for r in _dlll(text) if isinstance(r["step"], int)]
+    assert "DLLL " not in text
+    records = [r for r in _dlll(out / "dllogger.json") if isinstance(r["step"], int)]
     cls = [r["data"]["cls_loss"] for r in records]
     assert len(cls) == 12
     assert sum(cls[-3:]) / 3 < sum(cls[:3]) / 3, cls
@@ -212,7 +211,7 @@ def test_deterministic_mode_repeats_a_run_exactly(tmp_path):
         proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
                               timeout=600, check=False)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        losses = [r["data"]["total_loss"] for r in _dlll(proc.stdout)
+        losses = [r["data"]["total_loss"] for r in _dlll(out / "dllogger.json")
                   if isinstance(r["step"], int)]
         assert len(losses) == 4
         return losses, json.loads((out / "summary.json").read_text())["weights_sha256"]

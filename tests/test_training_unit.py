@@ -281,6 +281,16 @@ def test_dllogger_lines(tmp_path):
     assert parse_line("step 3 loss 2") is None
 
 
+def test_dllogger_writes_only_its_file_unless_given_a_stream(tmp_path, capsys):
+    from efficientdet.training.dllogger import DLLogger, parse_line
+
+    dl = DLLogger(tmp_path / "dl.json")
+    dl.log(1, {"loss": 2.0})
+    dl.close()
+    assert capsys.readouterr().out == ""
+    assert parse_line((tmp_path / "dl.json").read_text())["data"] == {"loss": 2.0}
+
+
 def test_throughput_excludes_warmup(monkeypatch):
     from efficientdet.training import throughput
 

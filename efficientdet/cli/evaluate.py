@@ -28,8 +28,26 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=run)
 
 
-def _print(result: dict, as_json: bool) -> None:
-    if as_json:
+HEADLINE = {"classification": ("top1", "top5"), "detection": ("AP", "AP50")}
+
+
+def headline(result: dict, output: str | None, report: bool) -> str:
+    """``AP 0.2310  AP50 0.4512 on 32 images; report runs/d0/eval/report.html``."""
+    from efficientdet import storage
+
+    metrics = result.get("metrics", {})
+    keys = HEADLINE["classification" if result.get("task") == "classification" else "detection"]
+    line = "  ".join(f"{k} {metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
+    if result.get("num_images") is not None:
+        line += f" on {result['num_images']} images"
+    if output:
+        line += (f"; report {storage.join(output, 'report.html')}" if report
+                 else f"; metrics {storage.join(output, 'metrics.json')}")
+    return line
+
+
+def _print(result: dict, args) -> None:
+    if args.json:
         print(json.dumps(result, indent=2))
         return
     from efficientdet.evaluation.coco import format_metrics
@@ -37,10 +55,11 @@ def _print(result: dict, as_json: bool) -> None:
     if result.get("task") == "classification":
         for k, v in result["metrics"].items():
             print(f"{k:<6} {v:.4f}")
-        return
-    print(format_metrics(result["metrics"]))
-    for name, ap in result.get("per_class_ap", {}).items():
-        print(f"  AP[{name}] = {'n/a' if ap is None else f'{ap:.4f}'}")
+    else:
+        print(format_metrics(result["metrics"]))
+        for name, ap in result.get("per_class_ap", {}).items():
+            print(f"  AP[{name}] = {'n/a' if ap is None else f'{ap:.4f}'}")
+    print(headline(result, args.output, not args.no_report))
 
 
 def run(args) -> int:
@@ -61,7 +80,7 @@ def run(args) -> int:
                                               report=not args.no_report)
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from None
-        _print(result, args.json)
+        _print(result, args)
         return 0
     if not (args.model and args.data):
         raise UsageError("need --model and --data (or --annotations and --detections)")
@@ -73,5 +92,5 @@ def run(args) -> int:
                                 report=not args.no_report)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    _print(result, args.json)
+    _print(result, args)
     return 0

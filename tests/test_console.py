@@ -1,0 +1,92 @@
+"""The console module: durations, phase and evaluation lines, third-party noise switched off by
+default and back on with `-v` (before or after the subcommand)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import pytest
+
+from efficientdet import _compat, console
+
+
+@pytest.fixture
+def clean_console(monkeypatch):
+    """configure() changes the environment, logger levels and warning filters: restore them."""
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    monkeypatch.setattr(_compat, "USER_TF_CPP_MIN_LOG_LEVEL", None)
+    levels = {name: logging.getLogger(name).level for name in console.NOISY_LOGGERS}
+    with warnings.catch_warnings():
+        yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.84, "0.8s"), (41.2, "41s"), (151, "2m31s"), (3600, "1h00m"), (7325, "2h02m")])
+def test_format_duration(seconds, text):
+    assert console.format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_format_duration_refuses_what_is_no_duration(bad):
+    with pytest.raises(ValueError, match="duration"):
+        console.format_duration(bad)
+
+
+def test_phase_lines_go_to_stderr(capsys):
+    console.phase("exporting onnx")
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "exporting onnx\n"
+
+
+def test_evaluation_line():
+    assert console.evaluation_line(200, {"AP": 0.231, "AP50": 0.45, "images": 32}, 12.3) == (
+        "eval at step 200: AP 0.2310  AP50 0.4500  images 32  (12s)")
+    assert console.evaluation_line(5, {"top1": 0.5}) == "eval at step 5: top1 0.5000"
+
+
+def test_quiet_by_default(clean_console):
+    console.configure(False)
+    assert logging.getLogger("tensorflow").level == logging.ERROR
+    assert logging.getLogger("absl").level == logging.ERROR
+    assert logging.getLogger("tf2onnx").level == logging.ERROR
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2" and not console.is_verbose()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn_explicit("old API", DeprecationWarning, "keras/src/x.py", 1,
+                               module="keras.src.x")
+        warnings.warn_explicit("ours", UserWarning, "efficientdet/x.py", 1,
+                               module="efficientdet.x")
+    assert [str(w.message) for w in seen] == ["ours"]
+
+
+def test_verbose_brings_third_party_output_back(clean_console):
+    console.configure(True)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0" and console.is_verbose()
+    assert logging.getLogger("absl").level == logging.NOTSET
+
+
+def test_a_level_the_user_set_is_kept(clean_console, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    monkeypatch.setattr(_compat, "USER_TF_CPP_MIN_LOG_LEVEL", "1")
+    console.configure(True)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+
+
+@pytest.mark.parametrize("argv", [
+    ["-v", "doctor"], ["doctor", "-v"], ["doctor", "--verbose"],
+    ["convert", "coco", "-v", "--annotations", "a", "--images", "b", "--output", "c"],
+    ["pipeline", "run-local", "-v"]])
+def test_verbose_before_or_after_the_subcommand(argv):
+    from efficientdet.cli import build_parser
+
+    assert build_parser().parse_args(argv).verbose is True
+
+
+def test_not_verbose_without_the_flag():
+    from efficientdet.cli import build_parser
+
+    assert build_parser().parse_args(["doctor"]).verbose is False
