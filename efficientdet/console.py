@@ -7,10 +7,12 @@ Phase lines go to stderr, so that stdout holds results (and ``--json`` output) o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
+import time
 import warnings
 
 from efficientdet import _compat
@@ -63,6 +65,15 @@ def format_duration(seconds: float) -> str:
 def phase(text: str) -> None:
     """One line saying that a phase starts or ended (building, compiling, saving, exporting)."""
     print(text, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def timed_phase(doing: str, done: str):
+    """Prints ``DOING ...``, runs the block, then ``DONE in 41s`` (the error tells the rest)."""
+    phase(f"{doing} ...")
+    start = time.monotonic()
+    yield
+    phase(f"{done} in {format_duration(time.monotonic() - start)}")
 
 
 def evaluation_line(step: int, metrics: dict, seconds: float | None = None) -> str:

@@ -90,3 +90,21 @@ def test_not_verbose_without_the_flag():
     from efficientdet.cli import build_parser
 
     assert build_parser().parse_args(["doctor"]).verbose is False
+
+
+def test_timed_phase_says_what_starts_and_how_long_it_took(capsys):
+    with console.timed_phase("exporting onnx", "ONNX model written"):
+        pass
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "exporting onnx ..."
+    assert lines[1].startswith("ONNX model written in ") and lines[1].endswith("s")
+
+
+def test_export_prints_the_onnx_check_as_one_sentence():
+    from efficientdet.cli.export import onnx_check_line
+
+    assert onnx_check_line({"unmatched": 0, "tied_at_cut": 0, "max_score_diff": 3.1e-6,
+                            "max_box_diff": 0.00123, "detections": 200}) == (
+        "passed: 200 detections, max score diff 3.1e-06, max box diff 0.0012 px")
+    assert onnx_check_line({"max_probability_diff": 1e-7}) == (
+        "passed: max probability diff 1e-07")

@@ -33,6 +33,15 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=run)
 
 
+def onnx_check_line(check: dict) -> str:
+    """``passed: 200 detections, max score diff 3.1e-06, max box diff 0.0012 px``."""
+    if "max_probability_diff" in check:
+        return f"passed: max probability diff {check['max_probability_diff']:.2g}"
+    return (f"passed: {check['detections']} detections, max score diff "
+            f"{check['max_score_diff']:.2g}, max box diff {check['max_box_diff']:.2g} px"
+            + (f", {check['tied_at_cut']} tied at the cut" if check.get("tied_at_cut") else ""))
+
+
 def run(args) -> int:
     from efficientdet.cli import UsageError
     from efficientdet.export import export_model
@@ -56,7 +65,7 @@ def run(args) -> int:
     else:
         print(f"exported {args.format} to {args.output}")
         if "onnx_check" in report:
-            print(f"onnxruntime check: {report['onnx_check']}")
+            print(f"onnxruntime check: {onnx_check_line(report['onnx_check'])}")
         if parity is None:
             print("parity check: not run (no --data given)")
     if parity is not None:

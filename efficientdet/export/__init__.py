@@ -23,6 +23,7 @@ def export_model(model_uri: str, output_uri: str, *, fmt: str = "saved_model",
     Returns the report (also written as export_report.json beside the export).
     """
     from efficientdet import storage
+    from efficientdet.console import timed_phase
     from efficientdet.export.saved_model import export_saved_model
 
     if fmt not in FORMATS:
@@ -50,29 +51,40 @@ def export_model(model_uri: str, output_uri: str, *, fmt: str = "saved_model",
                               "precision": precision, "nms": nms}
     try:
         if fmt == "saved_model":
-            export_saved_model(model, meta, str(out_dir), **options)
+            with timed_phase(f"exporting the SavedModel of {meta.model}",
+                             f"SavedModel written to {output_uri}"):
+                export_saved_model(model, meta, str(out_dir), **options)
             runner_path = out_dir
         else:
             saved = work / "saved_model"
-            export_saved_model(model, meta, str(saved), **graph_options)
+            with timed_phase(f"exporting the SavedModel of {meta.model} (for {fmt})",
+                             "SavedModel written"):
+                export_saved_model(model, meta, str(saved), **graph_options)
             if fmt == "tf-trt":
                 from efficientdet.export.tftrt import convert_tftrt
 
-                convert_tftrt(str(saved), str(out_dir), precision=precision,
-                              calibration_data=calibration_data, image_size=meta.input_hw)
+                with timed_phase(f"converting to TF-TRT {precision}",
+                                 f"TF-TRT model written to {output_uri}"):
+                    convert_tftrt(str(saved), str(out_dir), precision=precision,
+                                  calibration_data=calibration_data, image_size=meta.input_hw)
                 runner_path = out_dir
             else:
                 from efficientdet.export.onnx import export_onnx
 
-                report["onnx_check"] = export_onnx(saved, out_dir)["check"]
+                with timed_phase("converting to ONNX (tf2onnx) and checking it with "
+                                 "onnxruntime", f"ONNX model written to {output_uri}"):
+                    report["onnx_check"] = export_onnx(saved, out_dir)["check"]
                 runner_path = out_dir / "model.onnx"
         if data_uri:
             from efficientdet.export.parity import parity_check
             from efficientdet.inference.runners import ModuleRunner, load_runner, served_module
 
             source = ModuleRunner(served_module(model, meta, **options), meta)
-            report["parity"] = parity_check(source, load_runner(str(runner_path)), data_uri,
-                                            max_ap_drop=max_ap_drop, max_images=max_images)
+            with timed_phase(f"parity check of the {fmt} export on {data_uri}",
+                             "parity check done"):
+                report["parity"] = parity_check(source, load_runner(str(runner_path)),
+                                                data_uri, max_ap_drop=max_ap_drop,
+                                                max_images=max_images)
         else:
             report["parity"] = None
         (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
