@@ -2,7 +2,8 @@
 
 The components run as subprocesses of this interpreter's environment (use_venv=False); the
 training step takes the local backend (horovodrun --gloo). One MLflow parent run is made here,
-so every step's run nests under it exactly as in a cluster."""
+so every step's run nests under it exactly as in a cluster. The KFP executor's chatter is
+left out of the console unless `EFFDET_VERBOSE` (`effdet -v`) is set (`local_output`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import sys
 import uuid
 from pathlib import Path
 
+from efficientdet import console
 from efficientdet.kfp_pipelines import ClusterOptions, build
+from efficientdet.kfp_pipelines.local_output import quiet_executor
 
 
 def run_local(task: str, params: dict, *, pipeline_root: str | Path,
@@ -42,7 +45,8 @@ def run_local(task: str, params: dict, *, pipeline_root: str | Path,
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False),
                    pipeline_root=str(pipeline_root), raise_on_error=True)
-        pipeline(**params)
+        with quiet_executor(enabled=not console.is_verbose()):
+            pipeline(**params)
         state = "SUCCEEDED"
     except RuntimeError as exc:  # kfp.local: a task failed (its log is above)
         error = str(exc)

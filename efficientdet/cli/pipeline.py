@@ -246,6 +246,7 @@ def _is_kfp_failure(exc: Exception) -> bool:
 
 def run_local(args) -> int:
     kfp_pipelines = _pipelines()
+    from efficientdet.kfp_pipelines.local_output import closing_lines
     from efficientdet.kfp_pipelines.params import missing_required
     from efficientdet.kfp_pipelines.run_local import run_local as _run
 
@@ -255,12 +256,9 @@ def run_local(args) -> int:
     if missing:
         raise UsageError(f"missing --param for: {', '.join(missing)}")
     result = _run(args.pipeline, params, pipeline_root=args.pipeline_root)
-    print(f"pipeline run {result['run_id']}: {result['state']}; artifacts in "
-          f"{result['pipeline_root']}; MLflow parent run {result['parent_run_id']}")
     if result["error"]:
         print(f"effdet pipeline run-local: {result['error']}", file=sys.stderr)
-    for step, info in result["steps"].items():
-        print(f"  {step:<12} MLflow run {info['run_id']} ({info['status']})")
+    print("\n".join(closing_lines(result)))
     if args.summary_json:
         import json
 

@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from efficientdet import storage, tracking
+from efficientdet import console, storage, tracking
 from efficientdet.model_tasks import check_task
 from efficientdet.orchestration import backends, runs
 from efficientdet.training.config import TrainOverrides, load_config, write_config
@@ -23,6 +23,12 @@ from efficientdet.training.config import TrainOverrides, load_config, write_conf
 
 class StepError(RuntimeError):
     """A step's input is unusable; the message names it."""
+
+
+# Each step runs in a process of its own (the KFP executor) that every component starts by
+# importing this module: it keeps the console as quiet as `effdet` does (EFFDET_VERBOSE=1, which
+# `effdet -v pipeline run-local` passes down, brings the noise back).
+console.configure()
 
 
 def _check_task(task: str) -> None:
