@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     from efficientdet import console
 
-    console.configure(args.verbose)  # before any handler imports TensorFlow
+    console.configure(args.verbose or None)  # no -v: EFFDET_VERBOSE; before TF is imported
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
