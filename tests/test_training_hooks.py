@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -323,7 +322,11 @@ def _logging_trainer(tmp_path, **kw):
     return trainer
 
 
-def test_console_banner_phases_and_progress_lines(tmp_path, capsys):
+def test_console_banner_phases_and_progress_lines(tmp_path, capsys, monkeypatch):
+    from efficientdet.training.hooks import progress
+
+    clock = iter([0.0, 0.0, 10.0, 40.0, 40.5, 41.0])  # new, setup, begin, steps 5 (first), 6, 7
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     trainer = _logging_trainer(
         tmp_path, restored="ckpt-4", restored_digest="abc", start_step=4, total_steps=10,
         init_report={"backbone": {"source": "b0.h5", "loaded": 12}})
@@ -334,6 +337,7 @@ def test_console_banner_phases_and_progress_lines(tmp_path, capsys):
     hook.on_step_end(trainer, 6, {"loss": 1.23456, "cls_loss": 0.91234, "box_loss": 0.0065,
                                   "l2_loss": 1.2, "total_loss": 2.43, "learning_rate": 0.008,
                                   "images_per_second": 16.0})
+    hook.on_step_end(trainer, 7, None)
     hook.on_checkpoint(trainer, 6, "ckpt/ckpt-6")
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
@@ -341,14 +345,14 @@ def test_console_banner_phases_and_progress_lines(tmp_path, capsys):
                         "rank(s): steps 4->10, global batch 8, peak lr 0.08, float32; resumed "
                         "from ckpt-4 (state sha256 abc)")
     assert lines[1] == "init.backbone b0.h5: loaded 12 variables"
-    # 4 steps left at 16 img/s with a global batch of 8: 2 s
+    # 4 steps left at the 0.5 s a step since the first (compiling) step: 2 s
     assert lines[2] == ("step 6/10  loss 1.235 (cls 0.9123 box 0.0065)  l2 1.2  lr 0.008  "
                         "16.0 img/s  ETA 2.0s")
     assert len(lines) == 3
     phases = captured.err.splitlines()
     assert phases[0] == "building efficientdet-d0 (detection) and its training state"
     assert phases[1] == "compiling the training step (the first step takes longest)"
-    assert re.fullmatch(r"first step compiled and run in \d+\.\ds", phases[2]), phases
+    assert phases[2] == "first step compiled and run in 30s"
     assert phases[3] == "checkpoint saved: ckpt/ckpt-6 (step 6)"
     assert len(phases) == 4
 
@@ -360,8 +364,8 @@ def test_progress_line_format():
                   "learning_rate": 0.0712, "images_per_second": 38.12}
     assert format_progress(120, 400, classifier, 151.0) == (
         "step 120/400  loss 2.303  accuracy 0.125  l2 0.5  lr 0.0712  38.1 img/s  ETA 2m31s")
-    assert eta_seconds(400, 400, 8, 10.0) is None and eta_seconds(1, 400, 8, 0.0) is None
-    assert eta_seconds(100, 400, 8, 16.0) == 150.0
+    assert eta_seconds(400, 400, 0.5) is None and eta_seconds(1, 400, None) is None
+    assert eta_seconds(100, 400, 0.5) == 150.0
 
 
 def test_dllogger_writes_parameters_steps_and_the_end(tmp_path, capsys):
@@ -479,7 +483,7 @@ def test_final_artifact_writes_summary_and_model_on_rank_0(tmp_path, monkeypatch
     assert summary["model_uri"] == str(tmp_path / "model") and summary["final_step"] == 10
     assert saved == [trainer]
     out = capsys.readouterr().out
-    assert out.splitlines() == [f"rank 0/1 final weights sha256 {summary['weights_sha256']}"]
+    assert out == ""  # one rank: the digest is in summary.json, no rank needs comparing
 
     from efficientdet.training.hooks.final_artifact import artifact_meta
 

@@ -169,10 +169,11 @@ class Trainer:
 
     def _finish(self) -> None:
         # Trainable weights agree by construction (same start, same averaged gradients);
-        # every rank says so in its output, before anything is synchronized.
+        # with several ranks every rank says so in its output, before anything is synchronized.
         digest = weights_digest(self.model.trainable_variables)
-        print(f"rank {self.ctx.rank}/{self.ctx.size} final trainable weights sha256 {digest}",
-              flush=True)
+        if self.ctx.size > 1:
+            print(f"rank {self.ctx.rank}/{self.ctx.size} final trainable weights sha256 "
+                  f"{digest}", flush=True)
         self.summary["trainable_sha256"] = digest
         self._call("on_train_end", reverse=True)
 

@@ -30,15 +30,16 @@ def artifact_meta(trainer) -> ModelMeta:
 
 
 class FinalArtifact(Hook):
-    """Every rank records its final digests and throughput in the summary (and prints its
-    weights digest); rank 0 saves OUTPUT/model and writes OUTPUT/summary.json (the command's
+    """Every rank records its final digests and throughput in the summary (and, with several
+    ranks, prints its weights digest); rank 0 saves OUTPUT/model and writes OUTPUT/summary.json (the command's
     closing lines report the throughput)."""
 
     def on_train_end(self, trainer) -> None:
         through = trainer.meter.summary()
         digest = weights_digest(trainer.model.variables)
         ctx = trainer.ctx
-        print(f"rank {ctx.rank}/{ctx.size} final weights sha256 {digest}", flush=True)
+        if ctx.size > 1:  # the ranks' lines show that they agree (summary.json has it too)
+            print(f"rank {ctx.rank}/{ctx.size} final weights sha256 {digest}", flush=True)
         trainer.summary.update({
             "final_step": trainer.step, "losses": trainer.metrics,
             "images_per_second": through["images_per_second"],

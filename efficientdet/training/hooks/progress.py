@@ -47,11 +47,11 @@ def format_progress(step: int, total: int, logs: dict, eta_seconds: float | None
     return "  ".join(parts)
 
 
-def eta_seconds(step: int, total: int, global_batch: int, images_per_second: float) -> float | None:
-    """Time left at the current throughput; None when unknown or nothing is left."""
-    if step >= total or not images_per_second or images_per_second <= 0:
+def eta_seconds(step: int, total: int, seconds_per_step: float | None) -> float | None:
+    """Time left at SECONDS_PER_STEP; None when unknown or nothing is left."""
+    if step >= total or not seconds_per_step or seconds_per_step <= 0:
         return None
-    return (total - step) * global_batch / images_per_second
+    return (total - step) * seconds_per_step
 
 
 class ConsoleProgress(Hook):
@@ -60,7 +60,7 @@ class ConsoleProgress(Hook):
     and each checkpoint. Rank 0 only: list it on rank 0."""
 
     def __init__(self):
-        self._phase_start = time.monotonic()
+        self._phase_start = self._first_step_end = time.monotonic()
 
     def on_setup(self, trainer) -> None:
         c = trainer.config
@@ -86,12 +86,16 @@ class ConsoleProgress(Hook):
         self._phase_start = time.monotonic()
 
     def on_step_end(self, trainer, step, logs) -> None:
+        now = time.monotonic()
         if step == trainer.start_step + 1:
-            seconds = time.monotonic() - self._phase_start
-            console.phase(f"first step compiled and run in {console.format_duration(seconds)}")
+            console.phase("first step compiled and run in "
+                          f"{console.format_duration(now - self._phase_start)}")
+            self._first_step_end = now
         if logs is not None:
-            eta = eta_seconds(step, trainer.total_steps, trainer.lengths["global_batch"],
-                              logs.get("images_per_second", 0.0))
+            # the pace since the first step: compiling it says nothing about the others
+            done = step - trainer.start_step - 1
+            pace = (now - self._first_step_end) / done if done > 0 else None
+            eta = eta_seconds(step, trainer.total_steps, pace)
             print(format_progress(step, trainer.total_steps, logs, eta), flush=True)
 
     def on_checkpoint(self, trainer, step, path) -> None:
