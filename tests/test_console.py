@@ -108,3 +108,29 @@ def test_export_prints_the_onnx_check_as_one_sentence():
         "passed: 200 detections, max score diff 3.1e-06, max box diff 0.0012 px")
     assert onnx_check_line({"max_probability_diff": 1e-7}) == (
         "passed: max probability diff 1e-07")
+
+
+def test_train_ends_with_a_human_summary():
+    from efficientdet.cli.train import summary_lines
+    from efficientdet.training.config import build_config
+
+    config = build_config({}, ["output=runs/d0", "data.train=data/train"])
+    summary = {"model": "efficientdet-d0", "final_step": 20, "world_size": 1,
+               "images_per_second": 10.04, "model_uri": "runs/d0/model",
+               "checkpoint": "runs/d0/checkpoints/ckpt-20", "mlflow_run_id": "abc",
+               "losses": {"loss": 1.765, "cls_loss": 1.105, "box_loss": 0.0132,
+                          "l2_loss": 1.2, "total_loss": 2.965}}
+    assert summary_lines(summary, 69.4, config) == [
+        ("trained efficientdet-d0 for 20 steps in 1m09s on 1 rank(s), 10.0 img/s: "
+         "loss 1.765 (cls 1.105 box 0.0132)  l2 1.2"),
+        "model: runs/d0/model  (summary runs/d0/summary.json, DLLL log runs/d0/dllogger.json)",
+        "last checkpoint: runs/d0/checkpoints/ckpt-20",
+        "MLflow run: abc"]
+
+
+def test_train_dllogger_stdout_flag_sets_the_config_key(tmp_path, capsys):
+    from efficientdet.cli import main
+
+    assert main(["train", "--config", "synth-detection", "--dllogger-stdout",
+                 "--print-config"]) == 0
+    assert "dllogger_stdout: true" in capsys.readouterr().out
