@@ -109,17 +109,34 @@ def _model_dir(tmp_path):
     return d
 
 
-def test_register_sets_alias_only_when_metric_passes(mlflow_sqlite, tmp_path):
-    model = _model_dir(tmp_path)
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """A tiny detector's artifact folder and export folder (saved_model/ + onnx/)."""
+    from efficientdet.export.saved_model import export_saved_model
+    from tests.test_export_saved_model import tiny_detector, tiny_meta
+
+    root = tmp_path_factory.mktemp("tiny-export")
+    model = tiny_detector()
+    (root / "model").mkdir()
+    (root / "model" / "model.json").write_text(json.dumps(tiny_meta().to_dict()))
+    model.save_weights(str(root / "model" / "model.weights.h5"))
+    export_saved_model(model, tiny_meta(), str(root / "exported" / "saved_model"))
+    (root / "exported" / "onnx").mkdir()
+    (root / "exported" / "onnx" / "model.onnx").write_bytes(b"onnx")
+    return root / "model", root / "exported"
+
+
+def test_register_sets_alias_only_when_metric_passes(mlflow_sqlite, tiny_export):
+    import mlflow
+
+    model, exported = tiny_export
     with runs.step_context("run-r", "register"):
         low, md_low = pipeline_steps.register(str(model), name="effdet-test", metric_name="AP",
-                                     metric_value=0.12, threshold=0.3)
-        exported = tmp_path / "exported" / "saved_model"
-        exported.mkdir(parents=True)
-        (exported / "saved_model.pb").write_bytes(b"pb")
+                                              metric_value=0.12, threshold=0.3,
+                                              extra_dirs={"exported": str(exported)})
         high, md_high = pipeline_steps.register(str(model), name="effdet-test", metric_name="AP",
-                                       metric_value=0.41, threshold=0.3,
-                                       extra_dirs={"exported": str(exported.parent)})
+                                                metric_value=0.41, threshold=0.3,
+                                                extra_dirs={"exported": str(exported)})
     c = _client()
     assert (low["passed"], low["alias"]) == (False, None)
     assert (high["passed"], high["alias"]) == (True, "champion")
@@ -127,11 +144,13 @@ def test_register_sets_alias_only_when_metric_passes(mlflow_sqlite, tmp_path):
     assert int(high["version"]) == int(low["version"]) + 1
     version = c.get_model_version("effdet-test", low["version"])
     assert version.tags["AP"] == "0.12" and version.tags["kfp.pipeline_run_id"] == "run-r"
-    files = {a.path for a in c.list_artifacts(version.run_id, "model")}
-    assert files == {"model/model.json", "model/model.weights.h5"}
+    # the version is an MLflow model: MLmodel, the SavedModel it serves, the training artifact
+    info = mlflow.models.get_model_info(f"models:/effdet-test/{low['version']}")
+    assert "python_function" in info.flavors and info.signature is not None
+    assert info.run_id == version.run_id
+    # the run holds the other exports; the SavedModel is uploaded once, inside the model
     high_run = c.get_model_version("effdet-test", high["version"]).run_id
-    assert [a.path for a in c.list_artifacts(high_run, "exported/saved_model")] == [
-        "exported/saved_model/saved_model.pb"]
+    assert {a.path for a in c.list_artifacts(high_run, "exported")} == {"exported/onnx"}
     assert "no alias" in md_low and "alias `champion` set" in md_high
     assert "MLflow run: `" in md_high  # a SQLite store has no UI link: the id is shown
 

@@ -84,13 +84,22 @@ def run(args) -> int:
         return 0
     if not (args.model and args.data):
         raise UsageError("need --model and --data (or --annotations and --detections)")
+    import tempfile
+
+    from efficientdet import model_runs
     from efficientdet.evaluation.evaluate import evaluate_model
 
-    try:
-        result = evaluate_model(args.model, args.data, batch_size=args.batch_size,
-                                output_dir=args.output, max_images=args.max_images,
-                                report=not args.no_report)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+    # MLflow (when configured): the training run of the model, else a run of its own; with
+    # no --output the report is written to a temp dir so the run still gets it
+    with model_runs.model_run("evaluate", args.model) as run, \
+            tempfile.TemporaryDirectory(prefix="effdet-evaluate-") as scratch:
+        output = args.output or (scratch if run is not None else None)
+        try:
+            result = evaluate_model(args.model, args.data, batch_size=args.batch_size,
+                                    output_dir=output, max_images=args.max_images,
+                                    report=not args.no_report)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        model_runs.log_evaluation(result, args.data, output)
     _print(result, args)
     return 0

@@ -127,8 +127,11 @@ def train(args: list[str], output: str, backend: backends.Backend,
 def register(model_uri: str, *, name: str, metric_name: str, metric_value: float,
              threshold: float, alias: str = "champion", extra_dirs: dict[str, str] | None = None,
              ) -> tuple[dict, str]:
-    """Logs the model artifact into the step's run, registers a new version under NAME and sets
-    ALIAS on it only when METRIC_VALUE >= THRESHOLD. Returns (result, markdown)."""
+    """Logs the model as an MLflow pyfunc model (over its SavedModel, with the training
+    artifact inside; `export.mlflow_model`) into the step's run, registers a new version under
+    NAME and sets ALIAS on it only when METRIC_VALUE >= THRESHOLD. EXTRA_DIRS are logged as run
+    artifacts by name; an ``exported`` folder's ``saved_model`` is the one the pyfunc model
+    serves (else one is exported from the artifact here). Returns (result, markdown)."""
     if not name:
         raise StepError("register: the registered model name is empty")
     if not tracking.enabled():
@@ -142,21 +145,22 @@ def register(model_uri: str, *, name: str, metric_name: str, metric_value: float
             tempfile.TemporaryDirectory(prefix="effdet-register-") as downloads:
         if run is None:
             raise StepError("register: the MLflow server does not answer")
+        import mlflow
         from mlflow import MlflowClient
+
+        from efficientdet.export.mlflow_model import log_pyfunc_model
+        from efficientdet.models.artifact import read_meta
 
         local = storage.sync_to_local(model_uri, downloads)
         if not (Path(local) / "model.json").is_file():
             raise StepError(f"register: {model_uri} holds no model.json (not a model artifact)")
-        import mlflow
-
-        mlflow.log_artifacts(str(local), "model")
-        for sub, path in (extra_dirs or {}).items():
-            if path and storage.is_remote(path):
-                path = str(storage.sync_to_local(path, downloads))
-            if path and Path(path).is_dir():
-                mlflow.log_artifacts(path, sub)
-            elif path and Path(path).is_file():
-                mlflow.log_artifact(path, sub)
+        meta = read_meta(str(local))
+        extra = {sub: _local_dir(path, downloads) for sub, path in (extra_dirs or {}).items()
+                 if path}
+        saved_model = _saved_model(local, extra.get("exported"), downloads)
+        info = log_pyfunc_model(local, saved_model, meta)
+        for sub, path in extra.items():
+            _log_extra(mlflow, Path(path), sub, skip=saved_model)
         mlflow.log_metric(metric_name.replace("@", "_"), metric_value)
         client = MlflowClient()
         try:
@@ -165,7 +169,7 @@ def register(model_uri: str, *, name: str, metric_name: str, metric_value: float
             client.create_registered_model(name, description="EfficientDet/EfficientNet models "
                                                               "registered by the pipeline")
         version = client.create_model_version(
-            name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+            name, source=info.model_uri, run_id=run.info.run_id, model_id=info.model_id,
             tags={metric_name: str(metric_value), "threshold": str(threshold),
                   **tracking.kfp_tags()})
         result["version"] = version.version
@@ -179,8 +183,40 @@ def register(model_uri: str, *, name: str, metric_name: str, metric_value: float
     verdict = (f"passed ({metric_value:.4f} >= {threshold}): alias `{alias}` set"
                if passed else f"below threshold ({metric_value:.4f} < {threshold}): no alias")
     md = (f"## Registration\n\n`{name}` version {result['version']}, {metric_name} {verdict}\n\n"
-          f"`models:/{name}/{result['version']}`\n\n{runs.run_reference(run_id)}\n")
+          f"`models:/{name}/{result['version']}` (MLflow pyfunc: "
+          f"`mlflow.pyfunc.load_model`, `mlflow models serve`)\n\n{runs.run_reference(run_id)}\n")
     return result, md
+
+
+def _local_dir(uri: str, downloads: str) -> Path:
+    return Path(storage.sync_to_local(uri, downloads)) if storage.is_remote(uri) else Path(uri)
+
+
+def _saved_model(artifact: Path, exported: Path | None, downloads: str) -> Path:
+    """The export step's SavedModel (EXPORTED/saved_model), else one exported from the
+    artifact into DOWNLOADS (the export step made only ONNX)."""
+    if exported is not None and (exported / "saved_model" / "saved_model.pb").is_file():
+        return exported / "saved_model"
+    from efficientdet.export.saved_model import export_saved_model
+    from efficientdet.models.artifact import load_artifact
+
+    model, meta = load_artifact(str(artifact))
+    return Path(export_saved_model(model, meta, str(Path(downloads) / "saved_model")))
+
+
+def _log_extra(mlflow, path: Path, sub: str, *, skip: Path) -> None:
+    """PATH (file or folder) as run artifacts under SUB, leaving out SKIP (the SavedModel the
+    registered model already holds: no second upload)."""
+    if path.is_file():
+        mlflow.log_artifact(str(path), sub)
+    elif path.is_dir():
+        for child in sorted(path.iterdir()):
+            if child.resolve() == skip.resolve():
+                continue
+            if child.is_dir():
+                mlflow.log_artifacts(str(child), f"{sub}/{child.name}")
+            else:
+                mlflow.log_artifact(str(child), sub)
 
 
 def write_text(path: str, text: str) -> None:

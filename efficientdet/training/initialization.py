@@ -33,17 +33,24 @@ def is_registry_uri(uri: str) -> bool:
 
 def local_copy(uri: str, workdir: str | None = None) -> Path:
     """A local path for a file/folder URI, an s3:// object or prefix, or an MLflow registry
-    URI ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` (its artifact folder)."""
+    URI ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` (the training artifact inside the
+    registered MLflow model)."""
     uri = str(uri)
     if is_registry_uri(uri):
         import mlflow
 
+        from efficientdet.export.mlflow_model import training_artifact_in
+
         try:
-            return Path(mlflow.artifacts.download_artifacts(
+            local = Path(mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=workdir or tempfile.mkdtemp(prefix="effdet-init-")))
         except Exception as exc:  # noqa: BLE001 - MlflowException: unknown name/alias/server
             raise ConfigError(f"{uri}: cannot fetch from the MLflow registry "
                               f"({str(exc).splitlines()[0]})") from None
+        try:
+            return training_artifact_in(local)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if storage.is_remote(uri):
         return storage.sync_to_local(uri, workdir)
     return Path(uri)
