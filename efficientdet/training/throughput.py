@@ -29,6 +29,12 @@ class ThroughputMeter:
             self._timed_steps += 1
             self._t_last = now
 
+    def exclude(self, seconds: float) -> None:
+        """Leave SECONDS spent outside training steps (an evaluation) out of both rates."""
+        if self._t0 is not None:
+            self._t0 += seconds
+        self._window_t += seconds
+
     def window(self) -> float:
         """Images/s per rank since the previous call (for progress lines)."""
         now = time.perf_counter()
