@@ -218,6 +218,14 @@ def test_pipeline_learning_rate_and_ema_decay_reach_the_optimizer(monkeypatch, t
     assert config.precision.xla is True  # the rest stays the recipe's
 
 
+def test_pipeline_eval_interval_reaches_the_evaluation_config(monkeypatch, tmp_path):
+    assert _trained_config(monkeypatch, tmp_path, "efficientdet-d0-coco"
+                           ).evaluation.every_steps is None  # unset: the recipe's (off)
+    config = _trained_config(monkeypatch, tmp_path, "efficientdet-d0-coco", eval_interval=500)
+    assert config.evaluation.every_steps == 500 and config.data.val == "s3://b/val"
+    assert config.precision.xla is True  # the rest stays the recipe's
+
+
 def test_pipeline_epochs_replace_the_recipe_steps(monkeypatch, tmp_path):
     config = _trained_config(monkeypatch, tmp_path, "synth-detection", epochs=2.5)
     assert config.train.steps is None and config.train.epochs == 2.5

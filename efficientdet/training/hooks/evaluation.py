@@ -69,8 +69,7 @@ class PeriodicEvaluation(Hook):
             self.evaluate(trainer, step)
 
     def on_train_end(self, trainer) -> None:
-        if self.last is None or self.last["step"] != trainer.step:
-            self.evaluate(trainer, trainer.step)
+        self.evaluate(trainer, trainer.step)  # the final weights (BN statistics averaged)
         trainer.summary["evaluation"] = self.last
         trainer.summary["best"] = self.best
         if self.best is not None:
