@@ -87,11 +87,17 @@ class ValidationEvaluator:
 
     # -- the two passes --------------------------------------------------------------------
     def _losses(self) -> dict[str, float]:
-        """The task's loss parts (no weight decay), averaged over images."""
+        """The task's loss parts (no weight decay), averaged over images. The detection loss is
+        normalised per batch, so batches are made in a fixed order: evaluations at different
+        steps see the same batches and compare."""
+        import dataclasses
+
         import tensorflow as tf
 
         config = self.config
-        data = self.task.dataset(config, shard_index=0, num_shards=1, is_training=False)
+        fixed = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                     deterministic=True))
+        data = self.task.dataset(fixed, shard_index=0, num_shards=1, is_training=False)
         if self.max_images:
             data = data.unbatch().take(self.max_images).batch(config.data.batch_size)
         if self._loss_fn is None:
