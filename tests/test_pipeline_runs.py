@@ -311,6 +311,20 @@ def test_mpijob_training_refuses_paths_other_pods_cannot_see(monkeypatch):
                     data_uris=("s3://b/train",))
 
 
+def test_train_step_reports_the_evaluation_during_training(tmp_path):
+    class WritesSummary:
+        def run(self, args, *, env):
+            (tmp_path / "summary.json").write_text(json.dumps({
+                "model_uri": "m", "world_size": 1, "final_step": 4,
+                "evaluation": {"step": 4, "val_loss": 0.5, "val_AP": 0.25, "num_images": 8},
+                "best": {"step": 2, "metric": "val_AP", "value": 0.3, "model_uri": "b"}}))
+
+    summary, md = pipeline_steps.train(["--config", "x"], str(tmp_path), WritesSummary())
+    assert (summary["val_AP"], summary["val_loss"], summary["best_val_AP"]) == (0.25, 0.5, 0.3)
+    assert "num_images" not in summary  # only the metrics, not the evaluation's bookkeeping
+    assert "val_AP" in md and "best_val_AP" in md
+
+
 def test_mpijob_backend_needs_a_training_image():
     with pytest.raises(ValueError, match="no training image: set EFFDET_TRAIN_IMAGE"):
         backends.backend_for("mpijob", ClusterSettings.from_env({}), run_id="r", kfp_task="t")

@@ -247,3 +247,33 @@ def test_detection_run_with_evaluation_from_the_command_line(tmp_path, monkeypat
     assert {"val_loss", "val_cls_loss", "val_box_loss", "val_AP", "val_AP50"} <= set(last)
     assert summary["best"]["metric"] == "val_AP" and summary["best"]["step"] in (1, 2)
     assert (out / "best" / "model.weights.h5").is_file() and (out / "model").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.horovod
+def test_two_horovod_ranks_evaluate_on_rank_0_without_deadlock(tmp_path):
+    """Rank 0 evaluates (a first evaluation of over a minute on 2 cores) while rank 1 waits in
+    the next step's allreduce; both finish with the same weights, one evaluation line each."""
+    import re
+    import subprocess
+
+    from tests.test_training_runs import BIN, _env
+
+    train_data = write_detection_set(tmp_path / "train", images=8, shards=2)
+    val_data = write_detection_set(tmp_path / "val", images=4, shards=1, seed=1)
+    out = tmp_path / "run"
+    cmd = [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
+           str(BIN / "effdet"), "train", "--config", "synth-detection", "--output", str(out)]
+    for s in (f"data.train={train_data}", f"data.val={val_data}", "image_size=128",
+              "data.batch_size=2", "train.steps=4", "train.log_every=1",
+              "optimizer.warmup_steps=1", "evaluation.every_steps=2", "logging.mlflow=false",
+              "logging.dllogger_stdout=false"):
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                          timeout=1200, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.findall(r"eval step (\d)/4 ", proc.stdout) == ["2", "4"]  # rank 0 only
+    full = dict(re.findall(r"rank (\d)/2 final weights sha256 (\w+)", proc.stdout))
+    assert set(full) == {"0", "1"} and full["0"] == full["1"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluation"]["step"] == 4 and summary["world_size"] == 2
