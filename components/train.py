@@ -23,6 +23,7 @@ def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Da
           worker_cpu: Optional[str] = None, worker_memory: Optional[str] = None,
           node_selector: Optional[str] = None, deadline_seconds: Optional[int] = None,
           learning_rate: Optional[float] = None, ema_decay: Optional[float] = None,
+          eval_interval: Optional[int] = None,
           work_uri: Optional[str] = None, mlflow_experiment: Optional[str] = None):
     """Ranks = workers x max(1, gpus_per_worker). Training settings left None keep the
     recipe's value (the recipe and the set values become one config document the ranks
@@ -41,7 +42,7 @@ def train(task: str, recipe: str, train_data: Input[Dataset], val_data: Input[Da
         overrides = TrainOverrides(
             task=task, model=model_name, image_size=image_size, steps=steps, epochs=epochs,
             batch_size=batch_size, amp=amp, xla=xla, lr=learning_rate, ema_decay=ema_decay,
-            train_data=train_uri,
+            eval_every=eval_interval, train_data=train_uri,
             val_data=val_uri or None, **init_overrides(init_from, task))
         args = pipeline_steps.write_train_config(recipe=recipe, overrides=overrides, output=out)
         cluster = ClusterSettings.from_env().with_step_parameters(

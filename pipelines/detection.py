@@ -30,6 +30,7 @@ def build(options: ClusterOptions):
         xla: Optional[bool] = None,
         learning_rate: Optional[float] = None,
         ema_decay: Optional[float] = None,
+        eval_interval: Optional[int] = None,
         init_from: Optional[str] = None,
         workers: Optional[int] = None,
         gpus_per_worker: Optional[int] = None,
@@ -73,6 +74,9 @@ def build(options: ClusterOptions):
                 the batch size); empty keeps the recipe's.
             ema_decay: Decay of the weights' moving average, in [0, 1), 0 turns EMA off; empty
                 keeps the recipe's.
+            eval_interval: Evaluate on the validation split every this many training steps and
+                at the end (validation loss and AP as MLflow metrics; the best weights kept
+                in best/); 0 turns it off; empty keeps the recipe's.
             init_from: Backbone or model to start from: URI, models:/NAME@ALIAS, checkpoint.
             workers: MPIJob workers (pods); empty takes the cluster's default.
             gpus_per_worker: GPUs per worker, 0 for CPU ranks; empty takes the cluster's default.
@@ -106,7 +110,7 @@ def build(options: ClusterOptions):
             options, task="detection", train_data=data["train"], val_data=data["val"],
             recipe=recipe, model_name=model_name, image_size=image_size, steps=steps,
             epochs=epochs, batch_size=batch_size, amp=amp, xla=xla, learning_rate=learning_rate,
-            ema_decay=ema_decay, init_from=init_from,
+            ema_decay=ema_decay, eval_interval=eval_interval, init_from=init_from,
             workers=workers, gpus_per_worker=gpus_per_worker, launcher=launcher,
             train_image=train_image, worker_cpu=worker_cpu, worker_memory=worker_memory,
             node_selector=node_selector, mpijob_cleanup=mpijob_cleanup,

@@ -38,17 +38,18 @@ def convert_split(options: ClusterOptions, *, task: str, split: str, source_uri,
 
 def train_to_register(options: ClusterOptions, *, task: str, train_data, val_data, recipe,
                       model_name, image_size, steps, epochs, batch_size, amp, xla, learning_rate,
-                      ema_decay, init_from, workers, gpus_per_worker, launcher, train_image,
-                      worker_cpu, worker_memory, node_selector, mpijob_cleanup, deadline_seconds,
-                      eval_batch_size, export_formats, max_parity_drop, registered_model_name,
-                      metric_name, threshold, alias, work_uri, mlflow_experiment) -> dsl.PipelineTask:
+                      ema_decay, eval_interval, init_from, workers, gpus_per_worker, launcher,
+                      train_image, worker_cpu, worker_memory, node_selector, mpijob_cleanup,
+                      deadline_seconds, eval_batch_size, export_formats, max_parity_drop,
+                      registered_model_name, metric_name, threshold, alias, work_uri,
+                      mlflow_experiment) -> dsl.PipelineTask:
     """Train on TRAIN_DATA, score on VAL_DATA, export with a parity check on VAL_DATA, register.
     Every other argument is the pipeline parameter of that name; returns the register task."""
     trained = configure(train(
         task=task, recipe=recipe, train_data=train_data, val_data=val_data,
         model_name=model_name, image_size=image_size, steps=steps, epochs=epochs,
         batch_size=batch_size, amp=amp, xla=xla, learning_rate=learning_rate,
-        ema_decay=ema_decay, init_from=init_from, workers=workers,
+        ema_decay=ema_decay, eval_interval=eval_interval, init_from=init_from, workers=workers,
         gpus_per_worker=gpus_per_worker, launcher=launcher, train_image=train_image,
         worker_cpu=worker_cpu, worker_memory=worker_memory, node_selector=node_selector,
         s3_secret=options.s3_secret or "", mlflow_secret=options.mlflow_secret or "",

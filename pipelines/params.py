@@ -10,7 +10,7 @@ _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 RULES = {
     **dict.fromkeys(("image_size", "steps", "batch_size", "workers", "deadline_seconds",
                      "num_shards", "eval_batch_size"), v.PositiveInt),
-    "gpus_per_worker": v.NonNegativeInt,
+    **dict.fromkeys(("gpus_per_worker", "eval_interval"), v.NonNegativeInt),
     "epochs": v.NonNegativeNumber,
     "max_parity_drop": v.Probability,
     "learning_rate": v.PositiveNumber,

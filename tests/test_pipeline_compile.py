@@ -177,7 +177,8 @@ def test_ui_parameters_and_defaults(tmp_path):
 
 
 KEEP_RECIPE = ("model_name", "image_size", "steps", "epochs", "batch_size", "amp", "xla",
-               "learning_rate", "ema_decay", "mlflow_experiment", "init_from", "workers",
+               "learning_rate", "ema_decay", "eval_interval", "mlflow_experiment", "init_from",
+               "workers",
                "gpus_per_worker", "train_image", "worker_cpu",
                "worker_memory", "node_selector", "deadline_seconds", "num_shards",
                "eval_batch_size", "work_uri")
@@ -197,6 +198,8 @@ def test_parameters_carry_descriptions_and_unset_means_keep_the_recipe(tmp_path,
     assert params["amp"]["parameterType"] == "BOOLEAN"
     assert params["steps"]["parameterType"] == "NUMBER_INTEGER"
     assert params["learning_rate"]["parameterType"] == "NUMBER_DOUBLE"
+    assert params["eval_interval"]["parameterType"] == "NUMBER_INTEGER"
+    assert "validation split" in params["eval_interval"]["description"]
     # the experiment reaches every step: whichever runs first makes the parent run in it
     tasks = spec["root"]["dag"]["tasks"]
     assert {name for name, t in tasks.items() if t["inputs"]["parameters"].get(
@@ -206,7 +209,7 @@ def test_parameters_carry_descriptions_and_unset_means_keep_the_recipe(tmp_path,
     train_inputs = spec["components"]["comp-train"]["inputDefinitions"]["parameters"]
     bound = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
     for name in ("amp", "xla", "steps", "model_name", "workers", "gpus_per_worker",
-                 "learning_rate", "ema_decay"):
+                 "learning_rate", "ema_decay", "eval_interval"):
         assert train_inputs[name].get("isOptional") is True and "defaultValue" not in \
             train_inputs[name], name
         assert bound[name] == {"componentInputParameter": name}
@@ -266,11 +269,13 @@ def test_param_coercion_follows_declared_types():
 
     p = build("detection")
     got = coerce(p, ["workers=4", "amp=false", "threshold=0.25", "model_name=efficientdet-d1",
-                     "epochs=3", "learning_rate=0.02", "ema_decay=0", "mlflow_experiment=team"])
+                     "epochs=3", "learning_rate=0.02", "ema_decay=0", "mlflow_experiment=team",
+                     "eval_interval=0"])
     assert got == {"workers": 4, "amp": False, "threshold": 0.25,
                    "model_name": "efficientdet-d1", "epochs": 3.0, "learning_rate": 0.02,
-                   "ema_decay": 0.0, "mlflow_experiment": "team"}
-    for pair, message in (("learning_rate=0", "learning_rate"), ("ema_decay=1", "ema_decay")):
+                   "ema_decay": 0.0, "mlflow_experiment": "team", "eval_interval": 0}
+    for pair, message in (("learning_rate=0", "learning_rate"), ("ema_decay=1", "ema_decay"),
+                          ("eval_interval=-5", "eval_interval")):
         with pytest.raises(ValueError, match=message):
             coerce(p, [pair])
 

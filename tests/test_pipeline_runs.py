@@ -237,6 +237,14 @@ def test_pipeline_learning_rate_and_ema_decay_reach_the_optimizer(monkeypatch, t
     assert config.precision.xla is True  # the rest stays the recipe's
 
 
+def test_pipeline_eval_interval_reaches_the_evaluation_config(monkeypatch, tmp_path):
+    assert _trained_config(monkeypatch, tmp_path, "efficientdet-d0-coco"
+                           ).evaluation.every_steps is None  # unset: the recipe's (off)
+    config = _trained_config(monkeypatch, tmp_path, "efficientdet-d0-coco", eval_interval=500)
+    assert config.evaluation.every_steps == 500 and config.data.val == "s3://b/val"
+    assert config.precision.xla is True  # the rest stays the recipe's
+
+
 def test_pipeline_epochs_replace_the_recipe_steps(monkeypatch, tmp_path):
     config = _trained_config(monkeypatch, tmp_path, "synth-detection", epochs=2.5)
     assert config.train.steps is None and config.train.epochs == 2.5
@@ -320,6 +328,20 @@ def test_mpijob_training_refuses_paths_other_pods_cannot_see(monkeypatch):
     with pytest.raises(pipeline_steps.StepError, match="work_uri to an s3:// prefix"):
         pipeline_steps.train(["--config", "x"], "/minio/mlpipeline/out", backend,
                     data_uris=("s3://b/train",))
+
+
+def test_train_step_reports_the_evaluation_during_training(tmp_path):
+    class WritesSummary:
+        def run(self, args, *, env):
+            (tmp_path / "summary.json").write_text(json.dumps({
+                "model_uri": "m", "world_size": 1, "final_step": 4,
+                "evaluation": {"step": 4, "val_loss": 0.5, "val_AP": 0.25, "num_images": 8},
+                "best": {"step": 2, "metric": "val_AP", "value": 0.3, "model_uri": "b"}}))
+
+    summary, md = pipeline_steps.train(["--config", "x"], str(tmp_path), WritesSummary())
+    assert (summary["val_AP"], summary["val_loss"], summary["best_val_AP"]) == (0.25, 0.5, 0.3)
+    assert "num_images" not in summary  # only the metrics, not the evaluation's bookkeeping
+    assert "val_AP" in md and "best_val_AP" in md
 
 
 def test_mpijob_backend_needs_a_training_image():

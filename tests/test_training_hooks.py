@@ -166,6 +166,12 @@ def test_standard_hooks_per_rank():
     other = [type(h).__name__ for h in standard_hooks(_config(**{"logging.mlflow": False}),
                                                       False)]
     assert other == ["FinalArtifact", "StopOnSignal", "Checkpointing", "BatchNormAveraging"]
+    evaluating = _config(**{"data.val": "v", "evaluation.every_steps": 5})
+    chief = [type(h).__name__ for h in standard_hooks(evaluating, True)]
+    # after the BN statistics are averaged (reverse order at the end), before the artifact
+    assert chief[3:6] == ["FinalArtifact", "PeriodicEvaluation", "StopOnSignal"]
+    assert "PeriodicEvaluation" not in [type(h).__name__
+                                        for h in standard_hooks(evaluating, False)]
 
 
 # --- checkpointing ------------------------------------------------------------------------------

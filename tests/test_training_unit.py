@@ -208,6 +208,22 @@ def test_bad_override_value_names_the_config_key():
         cfg.apply_overrides(synth, cfg.TrainOverrides(xla="yes"))
 
 
+def test_evaluation_interval_needs_a_validation_set():
+    synth = cfg.load_config("synth-detection")
+    assert synth.evaluation.every_steps is None  # bundled recipes: off
+    with pytest.raises(cfg.ConfigError, match=r"'evaluation\.every_steps' is 50 but "
+                                              r"'data\.val' is not set"):
+        cfg.apply_overrides(synth, cfg.TrainOverrides(eval_every=50))
+    on = cfg.apply_overrides(synth, cfg.TrainOverrides(eval_every=50, val_data="s3://b/val"))
+    assert (on.evaluation.every_steps, on.data.val) == (50, "s3://b/val")
+    assert cfg.apply_overrides(on, cfg.TrainOverrides(eval_every=0)).evaluation.every_steps == 0
+    assert cfg.apply_overrides(synth, cfg.TrainOverrides(eval_every=0)).data.val is None
+    with pytest.raises(cfg.ConfigError, match=r"'evaluation\.every_steps'"):
+        cfg.apply_overrides(on, cfg.TrainOverrides(eval_every=-1))
+    with pytest.raises(cfg.ConfigError, match=r"'evaluation\.max_images'"):
+        cfg.load_config("synth-detection", ["evaluation.max_images=0"])
+
+
 def test_config_is_immutable():
     c = cfg.load_config("synth-detection")
     with pytest.raises(AttributeError):
@@ -303,6 +319,24 @@ def test_throughput_excludes_warmup(monkeypatch):
     assert s["timed_steps"] == 3
     assert s["images_per_second_per_rank"] == pytest.approx(3 * 4 / 3.0)
     assert s["images_per_second"] == pytest.approx(2 * 3 * 4 / 3.0)
+
+
+def test_throughput_leaves_evaluation_time_out(monkeypatch):
+    from efficientdet.training import throughput
+
+    # init, steps 1 (warm-up) and 2 (timing starts), a 50 s evaluation, steps 3 and 4, window
+    clock = iter([0.0, 10.0, 20.0, 71.0, 72.0, 72.0])
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(clock))
+    m = throughput.ThroughputMeter(batch_size=4, warmup_steps=2)
+    m.step()
+    m.step()
+    m.exclude(50.0)
+    m.step()
+    m.step()
+    assert m.window() == pytest.approx(4 * 4 / (72.0 - 50.0))
+    m.exclude(70.0)  # an evaluation after the last step: the timed span had ended
+    assert m.summary()["timed_seconds"] == pytest.approx(2.0)
+    assert m.summary()["images_per_second"] == pytest.approx(2 * 4 / 2.0)
 
 
 def test_horovod_launch_detection():

@@ -19,6 +19,10 @@ from efficientdet.inference.runners import batched
 
 log = logging.getLogger(__name__)
 NUM_SAMPLES = 8  # images kept for the report's sample grid
+# Detector settings of every COCO evaluation (`effdet evaluate` and evaluation during
+# training): top-5000 candidates, per-class hard NMS, 100 detections, scores from 0.001.
+COCO_EVAL_POSTPROCESS = {"nms": "hard", "max_detections": 100, "pre_nms_topk": 5000,
+                         "score_threshold": 0.001}
 
 
 def _records(files: list[str], task: str, max_images: int | None):
@@ -150,8 +154,7 @@ def evaluate_model(model_uri: str, data_uri: str, *, batch_size: int = 8,
 
     with ConvertedDataset.open(data_uri) as dataset:
         dataset.shards  # noqa: B018 - a bad --data fails before a model is loaded
-        runner = load_runner(model_uri, nms="hard", max_detections=100, pre_nms_topk=5000,
-                             score_threshold=0.001)
+        runner = load_runner(model_uri, **COCO_EVAL_POSTPROCESS)
         evaluation = evaluate_runner(runner, data_uri, batch_size=batch_size,
                                      max_images=max_images, dataset=dataset)
     evaluation["result"]["model"] = str(model_uri)

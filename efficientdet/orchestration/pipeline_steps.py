@@ -103,7 +103,9 @@ def write_train_config(*, recipe: str, overrides: TrainOverrides, output: str) -
 def train(args: list[str], output: str, backend: backends.Backend,
           data_uris: tuple[str, ...] = ()) -> tuple[dict, str]:
     """Runs training through BACKEND (ranks in an MPIJob or horovodrun) and reads the summary
-    the chief wrote to OUTPUT/summary.json. Returns (summary, markdown)."""
+    the chief wrote to OUTPUT/summary.json. Returns (summary, markdown); the summary also holds
+    the last evaluation's ``val_*`` metrics and ``best_<metric>`` at its top level (the step's
+    KFP metrics) when the run evaluated during training."""
     if isinstance(backend, backends.MPIJobBackend):
         for uri in (output, *data_uris):
             if not storage.is_remote(uri):
@@ -114,6 +116,7 @@ def train(args: list[str], output: str, backend: backends.Backend,
     if not storage.exists(summary_uri):
         raise StepError(f"training ended but wrote no {summary_uri}")
     summary = json.loads(storage.read_text(summary_uri))
+    summary.update(_evaluation_scalars(summary))
     scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float))
                and not isinstance(v, bool)}
     losses = summary.get("losses") or {}
@@ -121,6 +124,16 @@ def train(args: list[str], output: str, backend: backends.Backend,
     md = (f"## Training\n\nModel `{summary.get('model_uri')}` from {summary.get('world_size')} "
           f"rank(s)\n\n{_table(scalars)}\n\n{runs.run_reference(summary.get('mlflow_run_id'))}\n")
     return summary, md
+
+
+def _evaluation_scalars(summary: dict) -> dict[str, float]:
+    """``val_*`` of the summary's last evaluation during training and ``best_<metric>``."""
+    scalars = {k: v for k, v in (summary.get("evaluation") or {}).items()
+               if k.startswith("val_") and isinstance(v, (int, float))}
+    best = summary.get("best") or {}
+    if best.get("metric") and isinstance(best.get("value"), (int, float)):
+        scalars[f"best_{best['metric']}"] = best["value"]
+    return scalars
 
 
 # -- register ------------------------------------------------------------------------------------

@@ -114,6 +114,15 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """Evaluation of the in-memory model on ``data.val`` during training (rank 0), so a run
+    shows validation loss and AP (or top-1) over steps and keeps its best weights."""
+
+    every_steps: int | None = _setting(None, v.NonNegativeInt | None)  # None or 0: off
+    max_images: int | None = _setting(None, v.PositiveInt | None)  # None: the whole val set
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     dllogger_file: str | None = None  # None: <output>/dllogger.json (rank 0)
     dllogger_stdout: bool = False  # True: the DLLL lines also on stdout (`--dllogger-stdout`)
@@ -139,6 +148,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
@@ -180,6 +190,7 @@ class TrainOverrides:
     xla: bool | None = _key("precision.xla")
     lr: float | None = _key("optimizer.lr")
     ema_decay: float | None = _key("optimizer.ema_decay")
+    eval_every: int | None = _key("evaluation.every_steps")
     init_backbone: str | None = _key("init.backbone")
     init_model: str | None = _key("init.model")
     train_data: str | None = _key("data.train")
@@ -387,3 +398,8 @@ def _check_values(config: TrainConfig) -> None:
             raise ConfigError(str(exc)) from None
     if config.data.train is None:
         raise ConfigError("config key 'data.train' is required (a converted dataset directory)")
+    if config.evaluation.every_steps and config.data.val is None:
+        raise ConfigError(
+            f"config key 'evaluation.every_steps' is {config.evaluation.every_steps} but "
+            "'data.val' is not set: evaluating during training needs a validation set "
+            "(set data.val, or evaluation.every_steps=0 to turn evaluation off)")

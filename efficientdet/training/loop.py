@@ -2,8 +2,9 @@
 many Horovod ranks: the `Trainer` with the standard hooks for this rank.
 
 Rank 0 prints progress, writes the dllogger file, the MLflow run, checkpoints, the model
-artifact and ``summary.json``; every rank handles SIGTERM/SIGINT (the run ends after the
-current step with a checkpoint) and takes part in averaging BN statistics.
+artifact and ``summary.json``, and evaluates on ``data.val`` when ``evaluation.every_steps``
+is set; every rank handles SIGTERM/SIGINT (the run ends after the current step with a
+checkpoint) and takes part in averaging BN statistics.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ __all__ = ["TrainingDiverged", "TrainingInterrupted", "standard_hooks", "train"]
 
 def standard_hooks(config: TrainConfig, is_chief: bool) -> list[Hook]:
     """The hooks of a run, in calling order (`on_train_end`/`on_exit` run in reverse: BN
-    statistics are averaged before the final checkpoint, the artifact and summary are written
-    before the logs close and MLflow records them)."""
+    statistics are averaged before the final checkpoint and the final evaluation, whose
+    results are in the summary before the artifact and summary are written, before the logs
+    close and MLflow records them)."""
     from efficientdet.training.hooks.batchnorm import BatchNormAveraging
     from efficientdet.training.hooks.checkpointing import Checkpointing
     from efficientdet.training.hooks.dllogging import DLLLogging
+    from efficientdet.training.hooks.evaluation import PeriodicEvaluation
     from efficientdet.training.hooks.final_artifact import FinalArtifact
     from efficientdet.training.hooks.mlflow_tracking import MLflowTracking
     from efficientdet.training.hooks.progress import ConsoleProgress
@@ -37,7 +40,11 @@ def standard_hooks(config: TrainConfig, is_chief: bool) -> list[Hook]:
             hooks.append(MLflowTracking(system_metrics=config.logging.system_metrics))
         hooks.append(DLLLogging.for_output(config.output, config.logging.dllogger_file,
                                            stdout=config.logging.dllogger_stdout))
-    hooks += [FinalArtifact(), StopOnSignal(),
+    hooks.append(FinalArtifact())
+    if is_chief and config.evaluation.every_steps:
+        hooks.append(PeriodicEvaluation(config.evaluation.every_steps,
+                                        config.evaluation.max_images))
+    hooks += [StopOnSignal(),
               Checkpointing(config.checkpoint.every_steps, resume=config.checkpoint.resume),
               BatchNormAveraging()]
     return hooks

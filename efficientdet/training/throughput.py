@@ -14,6 +14,8 @@ class ThroughputMeter:
         self._t0: float | None = time.perf_counter() if warmup_steps <= 0 else None
         self._timed_steps = 0
         self._t_last: float | None = None
+        self._pending = 0.0  # excluded seconds since the last step
+        self._excluded = 0.0  # excluded seconds between the first and the last timed step
         # a short window for progress lines
         self._window_t = time.perf_counter()
         self._window_steps = 0
@@ -28,6 +30,14 @@ class ThroughputMeter:
         elif self._seen > self.warmup_steps:
             self._timed_steps += 1
             self._t_last = now
+            self._excluded += self._pending
+        self._pending = 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Leave SECONDS spent outside training steps (an evaluation after a step) out of both
+        rates: the total counts them only when a timed step follows (not after the last)."""
+        self._pending += seconds
+        self._window_t += seconds
 
     def window(self) -> float:
         """Images/s per rank since the previous call (for progress lines)."""
@@ -46,7 +56,7 @@ class ThroughputMeter:
         if not self._timed_steps or self._t0 is None or self._t_last is None:
             return {"images_per_second_per_rank": None, "images_per_second": None,
                     "timed_steps": 0, "warmup_steps": self.warmup_steps}
-        elapsed = self._t_last - self._t0
+        elapsed = self._t_last - self._t0 - self._excluded
         per_rank = self._timed_steps * self.batch_size / elapsed if elapsed > 0 else None
         return {
             "images_per_second_per_rank": per_rank,
