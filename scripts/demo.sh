@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the whole detection pipeline on this machine, end to end.
 #   synthetic COCO-style shapes (train + val) -> the Kubeflow pipeline under kfp.local:
-#   conversion -> 2-rank Horovod training (gloo) -> COCO evaluation -> export with parity check
+#   conversion -> 2-rank Horovod training (gloo, validation AP every 200 steps) -> COCO evaluation -> export with parity check
 #   -> MLflow registration, all tracked in a local SQLite MLflow store.
 # Ends by printing the AP, where the artifacts are and the command that opens the MLflow UI.
 # Knobs (env): DEMO_OUTPUT (default demo-output), DEMO_STEPS (training steps, default 400),
@@ -63,7 +63,7 @@ set +e
   --param "val_images_uri=$OUT/data/raw-val/images" \
   --param recipe=synth-detection --param image_size=$IMAGE_SIZE --param steps="$STEPS" \
   --param batch_size=4 --param workers=2 --param gpus_per_worker=0 \
-  --param amp=false --param xla=false --param num_shards=2 \
+  --param amp=false --param xla=false --param num_shards=2 --param eval_interval=200 \
   --param export_formats=saved_model,onnx \
   --param registered_model_name=efficientdet-demo --param metric_name=AP \
   --param threshold="$THRESHOLD" --param alias=champion
