@@ -118,6 +118,7 @@ class LoggingConfig:
     dllogger_file: str | None = None  # None: <output>/dllogger.json (rank 0)
     dllogger_stdout: bool = True
     mlflow: bool = True
+    mlflow_checkpoints: bool = False  # upload the last checkpoint (optimizer state: large)
     system_metrics: bool = True
 
 
