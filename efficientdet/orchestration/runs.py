@@ -28,7 +28,7 @@ ROLE_TAG = "effdet.role"
 FAILED_STEP_TAG = "effdet.failed_step"
 ERROR_TAG = "effdet.error"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
-KFP_UI_ENV = "EFFDET_KFP_UI_URL"  # the Kubeflow Pipelines UI, e.g. https://kubeflow.example.com/pipeline
+KFP_UI_ENV = "EFFDET_KFP_UI_URL"  # the KFP UI, e.g. https://kubeflow.example.com/pipeline
 # what the parent run carries so pipeline runs compare from the experiment table
 HEADLINE_METRICS = ("AP", "AP50", "top1", "top5", "images_per_second", "train_time_s",
                     "params", "gmacs")
@@ -164,9 +164,18 @@ def close_parent_run(run_id: str, state: str, *, error: str = "",
     error's first line as ``effdet.error``; a succeeded one loses a failed step a retry made
     good. IF_RUNNING: leave a run someone already ended alone. Returns the MLflow status set,
     or None when there is no parent (tracking off, no step ever started)."""
+    run_id = pipeline_run_id(run_id)
     if not run_id or not _tracked():
         return None
-    client = _client()
+    try:
+        return _close(_client(), run_id, state, error, experiment, if_running)
+    except Exception as exc:  # noqa: BLE001 - the exit task must not fail the pipeline itself
+        log.warning("could not close the MLflow run of pipeline run %s: %s", run_id, exc)
+        return None
+
+
+def _close(client, run_id: str, state: str, error: str, experiment: str | None,
+           if_running: bool) -> str | None:
     exp = client.get_experiment_by_name(_experiment_of(experiment))
     parent = _find_parent(client, exp.experiment_id, run_id) if exp else None
     if parent is None or (if_running and parent.info.status != "RUNNING"):
@@ -185,6 +194,12 @@ def close_parent_run(run_id: str, state: str, *, error: str = "",
             client.set_tag(pid, ERROR_TAG, _error_text(error))
     client.set_terminated(pid, status=status)
     return status
+
+
+def pipeline_run_id(given: str) -> str:
+    """The KFP run id a step belongs to: run-local names the run itself (``KFP_PIPELINE_RUN_ID``,
+    its parent run is made before kfp.local starts), else GIVEN (the pipeline's placeholder)."""
+    return os.environ.get("KFP_PIPELINE_RUN_ID") or given
 
 
 def _mark_failed_step(parent_id: str, task: str, error: BaseException) -> None:
@@ -206,8 +221,7 @@ def step_context(run_id: str, task: str, *, pipeline: str = "efficientdet",
     run id (None when KFP's plugin owns the run, or tracking is off). EXPERIMENT (the
     pipeline's mlflow_experiment) replaces MLFLOW_EXPERIMENT_NAME for the step and the ranks
     it starts; None keeps the environment's."""
-    # run-local names the run itself (its parent run is made before kfp.local starts)
-    run_id = os.environ.get("KFP_PIPELINE_RUN_ID") or run_id
+    run_id = pipeline_run_id(run_id)
     env = kfp_env(run_id, task, run_url=os.environ.get("KFP_PIPELINE_RUN_URL")
                   or kfp_run_url(run_id) or "")
     if experiment:
