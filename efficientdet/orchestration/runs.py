@@ -227,7 +227,9 @@ def step_context(run_id: str, task: str, *, pipeline: str = "efficientdet",
     if experiment:
         env["MLFLOW_EXPERIMENT_NAME"] = experiment
     if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("EFFDET_MLFLOW_PARENT_RUN_ID"):
-        parent = ensure_parent_run(run_id, pipeline=pipeline, experiment=experiment)
+        parent = ensure_parent_run(run_id, pipeline=pipeline, experiment=experiment,
+                                   tags={k: v for k, v in tracking.kfp_tags(env).items()
+                                         if k != "kfp.task_name"})
         if parent:
             env["EFFDET_MLFLOW_PARENT_RUN_ID"] = parent
     saved = {k: os.environ.get(k) for k in env}
