@@ -391,3 +391,41 @@ def test_roll_up_without_a_parent_or_tracking_is_a_no_op(monkeypatch):
     assert runs.roll_up({"AP": 0.5}, parent_id="abc") == {}
     assert runs.kfp_run_url("r1", environ={}) is None
     assert runs.kfp_run_url("r1", environ={"EFFDET_KFP_UI_URL": "https://u:p@kfp"}) is None
+
+
+@pytest.mark.slow  # three kfp.local subprocess tasks: about two minutes on 2 cores
+def test_local_pipeline_run_with_a_failing_step_leaves_the_parent_failed(tmp_path, monkeypatch):
+    """kfp.local runs the pipeline's exit handler: with the training annotations missing,
+    convert-train fails, nothing downstream runs and close-run ends the parent run FAILED
+    naming the step (run-local's own fall-back finds it ended already)."""
+    from mlflow import MlflowClient
+
+    from efficientdet.data.synthetic import write_synthetic_coco
+    from efficientdet.kfp_pipelines.run_local import run_local
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_RUN_ID", "EFFDET_MLFLOW_PARENT_RUN_ID", "KFP_PIPELINE_RUN_ID",
+                 "KFP_TASK_NAME", "EFFDET_TRACKING", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    tracking.reset_warning_state()
+    fallback = []
+    close = runs.close_parent_run
+    monkeypatch.setattr(runs, "close_parent_run",
+                        lambda *a, **k: fallback.append(close(*a, **k)))  # run-local's call
+    write_synthetic_coco(tmp_path / "raw-val", images=2, image_size=64, seed=1)
+    result = run_local("detection", {
+        "train_annotations_uri": str(tmp_path / "missing" / "annotations.json"),
+        "train_images_uri": str(tmp_path / "missing" / "images"),
+        "val_annotations_uri": str(tmp_path / "raw-val" / "annotations.json"),
+        "val_images_uri": str(tmp_path / "raw-val" / "images"),
+        "mlflow_experiment": "failing-runs"}, pipeline_root=tmp_path / "root")
+    assert result["state"] == "FAILED"
+    assert fallback == [None]  # the exit task (a subprocess) had ended the run
+    client = MlflowClient(uri)
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags[runs.FAILED_STEP_TAG] == "convert-train"
+    assert "annotations.json" in parent.data.tags[runs.ERROR_TAG]
+    assert client.get_experiment(parent.info.experiment_id).name == "failing-runs"
+    assert "train" not in result["steps"]  # nothing downstream of the failure ran
