@@ -118,6 +118,11 @@ def test_tftrt_export_is_a_gpu_step_on_the_training_image_when_asked(tmp_path):
     assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "A100"}
     cpu_image = spec["deploymentSpec"]["executors"]["exec-export"]["container"]["image"]
     assert "effdet-cpu" in cpu_image
+    # each step knows its image (MLflow tag effdet.image)
+    envs = {name: {e["name"]: e["value"] for e in e_["container"].get("env", [])}
+            for name, e_ in spec["deploymentSpec"]["executors"].items()}
+    assert envs["exec-export-tftrt"]["EFFDET_IMAGE"] == "reg.example/effdet-train:9"
+    assert envs["exec-export"]["EFFDET_IMAGE"] == cpu_image
 
 
 def test_steps_get_secrets_and_the_settings_config_map(tmp_path):
