@@ -21,12 +21,11 @@ def register(model: Input[Model], exported: Input[Model], eval_metrics: Input[Me
     if metric_name not in eval_metrics.metadata:
         raise ValueError(f"metric {metric_name!r} not among the evaluation's metrics "
                          f"{sorted(eval_metrics.metadata)}")
-    with runs.step_context(kfp_run_id, kfp_task, experiment=mlflow_experiment) as parent:
+    with runs.step_context(kfp_run_id, kfp_task, experiment=mlflow_experiment):
         result, md = pipeline_steps.register(
             model.metadata.get("uri") or model.path, name=registered_model_name,
             metric_name=metric_name, metric_value=float(eval_metrics.metadata[metric_name]),
             threshold=threshold, alias=alias,
             extra_dirs={"exported": exported.metadata.get("uri") or exported.path})
-        runs.finish_parent_run(parent)  # the last step: the pipeline's run is complete
     pipeline_steps.write_text(report.path, md)
     return result["alias"] or ""

@@ -9,7 +9,8 @@ server does not answer (or a later call fails), a warning is printed once and th
 the ``log_*`` helpers here are then no-ops.
 
 Runs carry the KFP plugin's tag keys when known, read from ``KFP_PIPELINE_RUN_ID``,
-``KFP_PIPELINE_RUN_URL``, ``KFP_PIPELINE_ID``, ``KFP_PIPELINE_VERSION_ID``, ``KFP_TASK_NAME``.
+``KFP_PIPELINE_RUN_URL``, ``KFP_PIPELINE_ID``, ``KFP_PIPELINE_VERSION_ID``, ``KFP_TASK_NAME``,
+and are named and tagged by `efficientdet.run_identity` (what ran, on what, with what).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from efficientdet.credentials import carries_credentials
+from efficientdet.run_identity import RunSubject, run_name, run_tags
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +99,11 @@ def _preflight(uri: str) -> str | None:
 
 @contextlib.contextmanager
 def step_run(step: str, *, params: dict | None = None, tags: dict | None = None,
-             log_system_metrics: bool = False) -> Iterator[Any]:
+             subject: RunSubject | None = None, log_system_metrics: bool = False,
+             ) -> Iterator[Any]:
     """Context manager yielding the active ``mlflow`` run, or None when tracking is off or the
-    server does not answer. The run ends (FINISHED/FAILED) when the block ends."""
+    server does not answer. The run ends (FINISHED/FAILED) when the block ends. SUBJECT (task,
+    variant, dataset) names and tags the run (`run_identity`)."""
     if not enabled():
         yield None
         return
@@ -120,13 +124,15 @@ def step_run(step: str, *, params: dict | None = None, tags: dict | None = None,
         # The environment is the source of truth: a URI set earlier in this process
         # (mlflow.set_tracking_uri) must not send this run to another store.
         mlflow.set_tracking_uri(uri)
-        run = _start(mlflow, step, log_system_metrics)
+        name = run_name(os.environ.get("KFP_TASK_NAME") or step, subject,
+                        kfp_run_id=os.environ.get("KFP_PIPELINE_RUN_ID"))
+        run = _start(mlflow, name, log_system_metrics)
     except Exception as exc:  # noqa: BLE001 - tracking must never stop the work
         _warn_once(f"could not start a run at {uri} ({exc.__class__.__name__}: {exc})")
         yield None
         return
     _state["broken"] = False
-    all_tags = {"effdet.step": step, **kfp_tags(), **(tags or {})}
+    all_tags = {"effdet.step": step, **run_tags(subject), **kfp_tags(), **(tags or {})}
     set_tags(all_tags)
     if params:
         log_params(params)
@@ -143,7 +149,7 @@ def step_run(step: str, *, params: dict | None = None, tags: dict | None = None,
             _warn_once(f"could not end run ({exc.__class__.__name__}: {exc})")
 
 
-def _start(mlflow, step: str, log_system_metrics: bool):
+def _start(mlflow, name: str, log_system_metrics: bool):
     system = bool(log_system_metrics) and _has_psutil()
     if os.environ.get("MLFLOW_RUN_ID"):
         # the given run decides the experiment (an earlier step may have set another one)
@@ -156,12 +162,12 @@ def _start(mlflow, step: str, log_system_metrics: bool):
         # the nested run goes into the parent's experiment
         parent_run = mlflow.get_run(parent)
         mlflow.set_experiment(experiment_id=parent_run.info.experiment_id)
-        return mlflow.start_run(run_name=step, nested=True, parent_run_id=parent,
+        return mlflow.start_run(run_name=name, nested=True, parent_run_id=parent,
                                 experiment_id=parent_run.info.experiment_id,
                                 log_system_metrics=system)
     if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         mlflow.set_experiment(experiment)
-    return mlflow.start_run(run_name=step, log_system_metrics=system)
+    return mlflow.start_run(run_name=name, log_system_metrics=system)
 
 
 def _has_psutil() -> bool:
@@ -200,6 +206,14 @@ def log_params(params: dict) -> bool:
 
 def set_tags(tags: dict) -> bool:
     return _safe("set_tags", lambda m: m.set_tags({k: str(v) for k, v in tags.items()}))
+
+
+def set_subject(step: str, subject: RunSubject) -> bool:
+    """Names and tags the active run after SUBJECT once it is known (a conversion's dataset
+    exists only when it is done)."""
+    name = run_name(os.environ.get("KFP_TASK_NAME") or step, subject,
+                    kfp_run_id=os.environ.get("KFP_PIPELINE_RUN_ID"))
+    return set_tags({**run_tags(subject), "mlflow.runName": name})
 
 
 def log_metrics(metrics: dict, step: int | None = None) -> bool:

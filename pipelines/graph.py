@@ -1,7 +1,8 @@
 """The task graph both pipelines share: each split converted to TFRecords (convert-train,
 convert-val), then train -> evaluate -> export (-> export-tftrt on a GPU when asked) ->
-register. The pipelines (detection.py, classification.py) are plain
-`@dsl.pipeline` functions that wire their parameters into these two helpers."""
+register, all inside an exit handler whose `close-run` task ends the MLflow parent run by how
+the pipeline ended. The pipelines (detection.py, classification.py) are plain
+`@dsl.pipeline` functions that wire their parameters into these helpers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import dataclasses
 from kfp import dsl
 from kfp.dsl.python_component import PythonComponent
 
+from efficientdet.kfp_components.close_run import close_run
 from efficientdet.kfp_components.convert import convert
 from efficientdet.kfp_components.evaluate import evaluate
 from efficientdet.kfp_components.export import export, export_tftrt
@@ -24,6 +26,15 @@ def renamed(component: PythonComponent, name: str) -> PythonComponent:
     MLflow names) and the run graph show; a display name alone changes only the last."""
     return PythonComponent(dataclasses.replace(component.component_spec, name=name),
                            component.python_func)
+
+
+def closing_parent_run(options: ClusterOptions, mlflow_experiment) -> dsl.ExitHandler:
+    """`with closing_parent_run(...):` around every step: `close-run` runs after them, also
+    when one failed, and ends the MLflow parent run FINISHED or FAILED (naming the step)."""
+    closer = configure(
+        close_run(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, mlflow_experiment=mlflow_experiment),
+        options, name="close-run", cache=False, retries=2)
+    return dsl.ExitHandler(closer, name="steps")
 
 
 def convert_split(options: ClusterOptions, *, task: str, split: str, source_uri,

@@ -23,6 +23,7 @@ from efficientdet.orchestration.cluster_settings import (
     S3_SECRET_KEYS,
     S3_SECRET_NAME,
 )
+from efficientdet.run_identity import IMAGE_ENV
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ClusterOptions:
         default_factory=lambda: dict(DEFAULT_STEP_RESOURCES))
     step_timeout_s: int = 0
     retries: bool = True  # off for local runs: a failure there is a bug to see at once
+    image_env: bool = True  # EFFDET_IMAGE = the step's image (MLflow tag effdet.image)
 
     def __post_init__(self):
         no_credentials(self.mlflow_tracking_uri or "", "MLflow tracking URI",
@@ -56,8 +58,9 @@ class ClusterOptions:
     @classmethod
     def local(cls) -> ClusterOptions:
         # kfp.local ignores resources (and warns about each): leave them out
+        # (and runs the steps in this environment, not in their images)
         return cls(config_map=None, s3_secret=None, mlflow_secret=None, retries=False,
-                   step_resources={})
+                   step_resources={}, image_env=False)
 
 
 def identity(mlflow_experiment) -> dict:
@@ -115,4 +118,6 @@ def configure(task: dsl.PipelineTask, options: ClusterOptions, *, name: str, cac
             k8s.add_node_selector(task, key, value)
         if options.train_image:
             task.set_container_image(options.train_image)
+    if options.image_env:
+        task.set_env_variable(IMAGE_ENV, task.container_spec.image)
     return task

@@ -36,6 +36,7 @@ DEFAULT_STEP_RESOURCES: dict[str, StepResources] = {
     "export": StepResources("4", "8Gi", memory_limit="16Gi"),
     "export-tftrt": StepResources("4", "16Gi", memory_limit="32Gi"),
     "register": StepResources("1", "2Gi", memory_limit="4Gi"),
+    "close-run": StepResources("100m", "512Mi", memory_limit="1Gi"),
 }
 
 

@@ -2,8 +2,10 @@
 
 The components run as subprocesses of this interpreter's environment (use_venv=False); the
 training step takes the local backend (horovodrun --gloo). One MLflow parent run is made here,
-so every step's run nests under it exactly as in a cluster. The KFP executor's chatter is
-left out of the console unless `EFFDET_VERBOSE` (`effdet -v`) is set (`local_output`)."""
+so every step's run nests under it exactly as in a cluster; kfp.local (2.17) runs the
+pipeline's exit handler too, so its `close-run` task ends that run as in a cluster. The KFP
+executor's chatter is left out of the console unless `EFFDET_VERBOSE` (`effdet -v`) is set
+(`local_output`)."""
 
 from __future__ import annotations
 
@@ -51,8 +53,11 @@ def run_local(task: str, params: dict, *, pipeline_root: str | Path,
     except RuntimeError as exc:  # kfp.local: a task failed (its log is above)
         error = str(exc)
     finally:
+        # the pipeline's close-run exit task ended the parent run; this is the fall-back for
+        # a run kfp.local stopped before it (a run the exit task ended stays as it left it)
         if parent:
-            runs.finish_parent_run(parent, "FINISHED" if state == "SUCCEEDED" else "FAILED")
+            runs.close_parent_run(run_id, state, error=error or "",
+                                  experiment=params.get("mlflow_experiment"), if_running=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -72,13 +77,24 @@ def _drop_unset_optional_inputs(pipeline, params: dict) -> None:
              if p.is_optional and not p.HasField("default_value") and name not in params}
     for name in unset:
         del inputs[name]
-    for task in spec.root.dag.tasks.values():
-        component_inputs = spec.components[task.component_ref.name].input_definitions.parameters
+    _drop_from_dag(spec, spec.root.dag, unset)
+
+
+def _drop_from_dag(spec, dag, unset: set[str]) -> None:
+    """Removes the arguments bound to the UNSET inputs of DAG's component from its tasks,
+    and so on down the nested DAGs (the exit handler's, a condition's)."""
+    for task in dag.tasks.values():
+        component = spec.components[task.component_ref.name]
+        component_inputs = component.input_definitions.parameters
+        dropped = set()
         for name, argument in list(task.inputs.parameters.items()):
             if argument.component_input_parameter in unset:
                 del task.inputs.parameters[name]
+                dropped.add(name)
                 if name in component_inputs:
                     del component_inputs[name]
+        if dropped and component.HasField("dag"):
+            _drop_from_dag(spec, component.dag, dropped)
 
 
 def step_runs(parent: str | None) -> dict[str, dict]:

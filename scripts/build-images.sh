@@ -85,6 +85,7 @@ run() {
   fi
 }
 
+commit="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || true)"
 refs=()
 for name in "${selected[@]}"; do
   ref="$registry/effdet-$name:$tag"
@@ -94,6 +95,9 @@ for name in "${selected[@]}"; do
   for arg in "${build_args[@]+"${build_args[@]}"}"; do
     cmd+=(--build-arg "$arg")
   done
+  if [[ -n "$commit" && "$name" != mlflow ]]; then
+    cmd+=(--build-arg "EFFDET_GIT_COMMIT=$commit")  # the runs' mlflow.source.git.commit
+  fi
   cmd+=("$ROOT")
   run "${cmd[@]}"
   if [[ $push -eq 1 ]]; then

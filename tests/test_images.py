@@ -410,6 +410,13 @@ def test_build_script_dry_run_builds_and_pushes_every_image_with_one_tag():
         assert build[-1] == str(REPO)  # the repository root is the build context
         assert ["docker", "push", ref] in pushes
         assert lines.index(build) < lines.index(["docker", "push", ref])
+        # the images that run the package know their commit (MLflow's source commit tag)
+        commits = [a for a in build if a.startswith("EFFDET_GIT_COMMIT=")]
+        if name == "mlflow" or not (REPO / ".git").exists():
+            assert commits == []
+        else:
+            assert len(commits) == 1 and re.fullmatch(r"EFFDET_GIT_COMMIT=[0-9a-f]{40}",
+                                                      commits[0])
 
 
 def test_build_script_options_and_refusals():

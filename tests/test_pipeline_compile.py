@@ -11,7 +11,8 @@ from efficientdet.cli import main
 
 STEPS = {"convert-train", "convert-val", "train", "evaluate", "export", "register"}
 EXECUTORS = ("exec-convert-train", "exec-convert-val", "exec-train", "exec-evaluate",
-             "exec-export", "exec-export-tftrt", "exec-register")
+             "exec-export", "exec-export-tftrt", "exec-register", "exec-close-run")
+TFTRT_CONDITION = "condition-2"  # KFP numbers groups: exit-handler-1 comes first
 
 
 def _compile(tmp_path, *extra, pipeline="detection"):
@@ -19,6 +20,12 @@ def _compile(tmp_path, *extra, pipeline="detection"):
     assert main(["pipeline", "compile", "--pipeline", pipeline, "-o", str(out), *extra]) == 0
     docs = list(yaml.safe_load_all(out.read_text()))
     return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def _steps(spec: dict) -> dict:
+    """The tasks inside the pipeline's exit handler (every step but close-run), by name."""
+    handler = spec["root"]["dag"]["tasks"]["exit-handler-1"]["componentRef"]["name"]
+    return spec["components"][handler]["dag"]["tasks"]
 
 
 def _wire(task: dict, name: str) -> tuple[str, str]:
@@ -29,8 +36,9 @@ def _wire(task: dict, name: str) -> tuple[str, str]:
 @pytest.mark.parametrize("pipeline", ["detection", "classification"])
 def test_compiled_pipeline_has_every_step_with_artifacts_wired(tmp_path, pipeline):
     spec, _ = _compile(tmp_path, pipeline=pipeline)
-    tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == STEPS | {"condition-1"}  # condition-1: export-tftrt when asked
+    assert set(spec["root"]["dag"]["tasks"]) == {"exit-handler-1", "close-run"}
+    tasks = _steps(spec)
+    assert set(tasks) == STEPS | {TFTRT_CONDITION}  # export-tftrt when asked
     assert _wire(tasks["train"], "train_data") == ("convert-train", "dataset")
     assert _wire(tasks["train"], "val_data") == ("convert-val", "dataset")
     assert _wire(tasks["evaluate"], "model") == ("train", "model")
@@ -93,12 +101,12 @@ def test_every_step_has_cpu_and_memory_requests_from_one_table(tmp_path):
 def test_tftrt_export_is_a_gpu_step_on_the_training_image_when_asked(tmp_path):
     spec, platform = _compile(tmp_path, "--gpu-node-selector", "nvidia.com/gpu.product=A100",
                               "--train-image", "reg.example/effdet-train:9")
-    condition = spec["root"]["dag"]["tasks"]["condition-1"]
+    condition = _steps(spec)[TFTRT_CONDITION]
     assert condition["taskInfo"]["name"] == "tf-trt-asked"
     # the export step says whether export_formats asked for tf-trt
     assert condition["triggerPolicy"]["condition"] == \
         "inputs.parameter_values['pipelinechannel--export-Output'] == true"
-    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    inner = spec["components"][f"comp-{TFTRT_CONDITION}"]["dag"]["tasks"]
     assert set(inner) == {"export-tftrt"}
     assert inner["export-tftrt"]["taskInfo"]["name"] == "export-tftrt"
     container = spec["deploymentSpec"]["executors"]["exec-export-tftrt"]["container"]
@@ -110,6 +118,11 @@ def test_tftrt_export_is_a_gpu_step_on_the_training_image_when_asked(tmp_path):
     assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "A100"}
     cpu_image = spec["deploymentSpec"]["executors"]["exec-export"]["container"]["image"]
     assert "effdet-cpu" in cpu_image
+    # each step knows its image (MLflow tag effdet.image)
+    envs = {name: {e["name"]: e["value"] for e in e_["container"].get("env", [])}
+            for name, e_ in spec["deploymentSpec"]["executors"].items()}
+    assert envs["exec-export-tftrt"]["EFFDET_IMAGE"] == "reg.example/effdet-train:9"
+    assert envs["exec-export"]["EFFDET_IMAGE"] == cpu_image
 
 
 def test_steps_get_secrets_and_the_settings_config_map(tmp_path):
@@ -134,9 +147,25 @@ def test_steps_get_secrets_and_the_settings_config_map(tmp_path):
 def test_task_names_are_the_display_names(tmp_path):
     # kfp.local, {{$.pipeline_task_name}} (MPIJob, MLflow) and the run graph show the task name
     spec, _ = _compile(tmp_path)
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = _steps(spec)
     for name in STEPS:
         assert tasks[name]["taskInfo"]["name"] == name
+    assert spec["root"]["dag"]["tasks"]["close-run"]["taskInfo"]["name"] == "close-run"
+
+
+@pytest.mark.parametrize("pipeline", ["detection", "classification"])
+def test_close_run_is_the_exit_task_of_every_step(tmp_path, pipeline):
+    """close-run runs after the exit handler's group, also when a step in it failed, with the
+    group's final status (it ends the MLflow parent run)."""
+    spec, _ = _compile(tmp_path, pipeline=pipeline)
+    close = spec["root"]["dag"]["tasks"]["close-run"]
+    assert close["dependentTasks"] == ["exit-handler-1"]
+    assert close["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    params = close["inputs"]["parameters"]
+    assert params["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    assert params["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert close.get("cachingOptions", {}).get("enableCache") in (None, False)
+    assert STEPS <= set(_steps(spec))
 
 
 def test_split_formats_sends_tftrt_to_its_own_step():
@@ -151,7 +180,7 @@ def test_split_formats_sends_tftrt_to_its_own_step():
 
 def test_caching_and_retries(tmp_path):
     spec, _ = _compile(tmp_path)
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = _steps(spec)
     assert tasks["convert-train"]["cachingOptions"] == {"enableCache": True}
     assert tasks["train"].get("cachingOptions", {}).get("enableCache") in (None, False)
     assert tasks["register"].get("cachingOptions", {}).get("enableCache") in (None, False)
@@ -201,18 +230,21 @@ def test_parameters_carry_descriptions_and_unset_means_keep_the_recipe(tmp_path,
     assert params["eval_interval"]["parameterType"] == "NUMBER_INTEGER"
     assert "validation split" in params["eval_interval"]["description"]
     # the experiment reaches every step: whichever runs first makes the parent run in it
-    tasks = spec["root"]["dag"]["tasks"]
-    assert {name for name, t in tasks.items() if t["inputs"]["parameters"].get(
-        "mlflow_experiment") == {"componentInputParameter": "mlflow_experiment"}} == {
+    tasks = _steps(spec)
+    channel = {"componentInputParameter": "pipelinechannel--mlflow_experiment"}
+    assert {name for name, t in tasks.items()
+            if t["inputs"]["parameters"].get("mlflow_experiment") == channel} == {
             name for name in tasks if not name.startswith("condition-")}  # dsl.If groups
+    close = spec["root"]["dag"]["tasks"]["close-run"]["inputs"]["parameters"]
+    assert close["mlflow_experiment"] == {"componentInputParameter": "mlflow_experiment"}
     # and the training step declares them optional too, bound to the pipeline's parameters
     train_inputs = spec["components"]["comp-train"]["inputDefinitions"]["parameters"]
-    bound = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    bound = tasks["train"]["inputs"]["parameters"]
     for name in ("amp", "xla", "steps", "model_name", "workers", "gpus_per_worker",
                  "learning_rate", "ema_decay", "eval_interval"):
         assert train_inputs[name].get("isOptional") is True and "defaultValue" not in \
             train_inputs[name], name
-        assert bound[name] == {"componentInputParameter": name}
+        assert bound[name] == {"componentInputParameter": f"pipelinechannel--{name}"}
 
 
 def test_local_options_leave_cluster_settings_out(tmp_path):

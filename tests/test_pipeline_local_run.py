@@ -63,6 +63,15 @@ def test_detection_pipeline_runs_locally_end_to_end(tmp_path, monkeypatch, capsy
     assert parent.data.tags["kfp.pipeline_run_id"] == summary["run_id"]
     train = client.get_run(steps["train"]["run_id"])
     assert train.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    # the experiment table compares pipeline runs by the parent's headline numbers and tags
+    assert {"AP", "AP50", "images_per_second", "train_time_s", "params", "gmacs"} <= set(
+        parent.data.metrics)
+    assert parent.data.metrics["AP"] == steps["evaluate"]["metrics"]["AP"]
+    assert parent.data.tags["effdet.variant"] == "efficientdet-d0"
+    assert parent.data.tags["effdet.dataset_digest"] == train.data.tags["effdet.dataset_digest"]
+    assert parent.info.run_name == f"efficientdet-detection [kfp {summary['run_id']}]"
+    assert train.info.run_name == f"train efficientdet-d0 raw-train [kfp {summary['run_id']}]"
+    assert "effdet.failed_step" not in parent.data.tags
     train_summary = [json.loads(p.read_text()) for p in Path(root).rglob("summary.json")]
     assert [t["world_size"] for t in train_summary] == [2]  # two Horovod ranks trained
     assert "AP" in steps["evaluate"]["metrics"] and "AP50" in steps["evaluate"]["metrics"]

@@ -349,3 +349,124 @@ def test_mpijob_backend_needs_a_training_image():
         backends.backend_for("mpijob", ClusterSettings.from_env({}), run_id="r", kfp_task="t")
     local = backends.backend_for("local", ClusterSettings.from_env({}), run_id="r", kfp_task="t")
     assert local.np == 1  # training on this machine needs no image
+
+
+def test_parent_carries_headline_metrics_kfp_link_and_named_runs(mlflow_sqlite, monkeypatch):
+    """Two steps roll their headline numbers up; the parent links the KFP run; runs are named
+    after what ran."""
+    monkeypatch.setenv("EFFDET_KFP_UI_URL", "https://kubeflow.example.com/pipeline/")
+    uuid = "1a2b3c4d-0000-4000-8000-000000000001"
+    with runs.step_context(uuid, "train") as parent, \
+            tracking.step_run("train", subject=runs_subject()) as run:
+        train_id = run.info.run_id
+        rolled = runs.roll_up({"images_per_second": 41.5, "train_time_s": 12.0, "params": 3.9e6,
+                               "gmacs": 2.5, "final_step": 10, "bad": float("nan")},
+                              tags={"effdet.variant": "efficientdet-d0"})
+    assert set(rolled) == {"images_per_second", "train_time_s", "params", "gmacs"}
+    with runs.step_context(uuid, "evaluate"):
+        runs.roll_up({"AP": 0.31, "AP50": 0.52, "APs": 0.1})
+    c = _client()
+    p = c.get_run(parent)
+    assert p.data.metrics == {"images_per_second": 41.5, "train_time_s": 12.0, "params": 3.9e6,
+                              "gmacs": 2.5, "AP": 0.31, "AP50": 0.52}
+    url = f"https://kubeflow.example.com/pipeline/#/runs/details/{uuid}"
+    assert p.data.tags["kfp.pipeline_run_url"] == url
+    assert url in p.data.tags["mlflow.note.content"]
+    assert p.data.tags["effdet.variant"] == "efficientdet-d0"
+    assert p.info.run_name == "efficientdet [kfp 1a2b3c4d]"
+    assert "effdet.version" in p.data.tags
+    train = c.get_run(train_id)
+    assert train.info.run_name == "train efficientdet-d0 [kfp 1a2b3c4d]"
+    assert train.data.tags["effdet.variant"] == "efficientdet-d0"
+    assert train.data.tags["kfp.pipeline_run_url"] == url
+
+
+def runs_subject():
+    from efficientdet.run_identity import RunSubject
+
+    return RunSubject(task="detection", variant="efficientdet-d0")
+
+
+def test_failing_step_names_itself_and_close_run_ends_the_parent(mlflow_sqlite):
+    with runs.step_context("run-x", "convert-train") as parent:
+        pass
+    with pytest.raises(pipeline_steps.StepError), runs.step_context("run-x", "train"):
+        raise pipeline_steps.StepError("s3://bucket/missing: no such dataset directory")
+    c = _client()
+    assert c.get_run(parent).data.tags[runs.FAILED_STEP_TAG] == "train"
+    assert c.get_run(parent).info.status == "RUNNING"
+    assert runs.close_parent_run("run-x", "FAILED", error="Task exit-handler-1 failed.") == \
+        "FAILED"
+    p = c.get_run(parent)
+    assert p.info.status == "FAILED" and p.data.tags[runs.FAILED_STEP_TAG] == "train"
+    assert p.data.tags[runs.ERROR_TAG].startswith("train: StepError: s3://bucket/missing")
+    # run-local's fall-back leaves a run the exit task ended alone
+    assert runs.close_parent_run("run-x", "SUCCEEDED", if_running=True) is None
+    assert c.get_run(parent).info.status == "FAILED"
+
+
+def test_close_run_finds_the_failed_step_run_and_forgets_a_retried_failure(mlflow_sqlite):
+    # the step's run failed but its context saw no error (as a component that fails outside
+    # its step context): close-run finds the FAILED step run
+    with runs.step_context("run-y", "evaluate") as parent, \
+            pytest.raises(RuntimeError), tracking.step_run("evaluate"):
+        raise RuntimeError("boom")
+    c = _client()
+    assert runs.FAILED_STEP_TAG not in c.get_run(parent).data.tags
+    assert runs.close_parent_run("run-y", "FAILED") == "FAILED"
+    assert c.get_run(parent).data.tags[runs.FAILED_STEP_TAG] == "evaluate"  # its FAILED run
+    # a step failed, its retry succeeded, the pipeline succeeded: no failed step is left
+    with pytest.raises(RuntimeError), runs.step_context("run-z", "export") as other:
+        raise RuntimeError("transient")
+    assert runs.close_parent_run("run-z", "SUCCEEDED") == "FINISHED"
+    tags = c.get_run(other).data.tags
+    assert runs.FAILED_STEP_TAG not in tags and runs.ERROR_TAG not in tags
+    assert runs.close_parent_run("run-never-started", "FAILED") is None
+    assert runs.close_parent_run("run-z", "CANCELLED") == "KILLED"
+
+
+def test_roll_up_without_a_parent_or_tracking_is_a_no_op(monkeypatch):
+    monkeypatch.delenv("EFFDET_MLFLOW_PARENT_RUN_ID", raising=False)
+    assert runs.roll_up({"AP": 0.5}) == {}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert runs.roll_up({"AP": 0.5}, parent_id="abc") == {}
+    assert runs.kfp_run_url("r1", environ={}) is None
+    assert runs.kfp_run_url("r1", environ={"EFFDET_KFP_UI_URL": "https://u:p@kfp"}) is None
+
+
+@pytest.mark.slow  # three kfp.local subprocess tasks: about two minutes on 2 cores
+def test_local_pipeline_run_with_a_failing_step_leaves_the_parent_failed(tmp_path, monkeypatch):
+    """kfp.local runs the pipeline's exit handler: with the training annotations missing,
+    convert-train fails, nothing downstream runs and close-run ends the parent run FAILED
+    naming the step (run-local's own fall-back finds it ended already)."""
+    from mlflow import MlflowClient
+
+    from efficientdet.data.synthetic import write_synthetic_coco
+    from efficientdet.kfp_pipelines.run_local import run_local
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_RUN_ID", "EFFDET_MLFLOW_PARENT_RUN_ID", "KFP_PIPELINE_RUN_ID",
+                 "KFP_TASK_NAME", "EFFDET_TRACKING", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    tracking.reset_warning_state()
+    fallback = []
+    close = runs.close_parent_run
+    monkeypatch.setattr(runs, "close_parent_run",
+                        lambda *a, **k: fallback.append(close(*a, **k)))  # run-local's call
+    write_synthetic_coco(tmp_path / "raw-val", images=2, image_size=64, seed=1)
+    result = run_local("detection", {
+        "train_annotations_uri": str(tmp_path / "missing" / "annotations.json"),
+        "train_images_uri": str(tmp_path / "missing" / "images"),
+        "val_annotations_uri": str(tmp_path / "raw-val" / "annotations.json"),
+        "val_images_uri": str(tmp_path / "raw-val" / "images"),
+        "mlflow_experiment": "failing-runs"}, pipeline_root=tmp_path / "root")
+    assert result["state"] == "FAILED"
+    assert fallback == [None]  # the exit task (a subprocess) had ended the run
+    client = MlflowClient(uri)
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags[runs.FAILED_STEP_TAG] == "convert-train"
+    assert "annotations.json" in parent.data.tags[runs.ERROR_TAG]
+    assert client.get_experiment(parent.info.experiment_id).name == "failing-runs"
+    assert "train" not in result["steps"]  # nothing downstream of the failure ran

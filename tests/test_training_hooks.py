@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from efficientdet.training import config as cfg
@@ -412,8 +413,9 @@ class FakeMlflow:
         self.calls: list = []
         self.exited = None
 
-    def step_run(self, step, *, params, log_system_metrics):
+    def step_run(self, step, *, params, subject, log_system_metrics):
         self.calls.append(("step_run", step, params, log_system_metrics))
+        self.subject = subject
         outer = self
 
         class Context:
@@ -439,6 +441,7 @@ def test_mlflow_records_params_metrics_and_artifacts(tmp_path, monkeypatch):
     (tmp_path / "model").mkdir()
     (tmp_path / "dllogger.json").write_text("x")
     trainer = _logging_trainer(tmp_path, log_files=[str(tmp_path / "dllogger.json")])
+    trainer.summary.update({"train_time_s": 4.5, "params": 1000, "gmacs": None})
     hook = MLflowTracking(system_metrics=False)
     hook.on_train_begin(trainer)
     hook.on_step_end(trainer, 3, None)
@@ -446,14 +449,41 @@ def test_mlflow_records_params_metrics_and_artifacts(tmp_path, monkeypatch):
     hook.on_train_end(trainer)
     hook.on_exit(trainer, None)
     assert fake.calls[0] == ("step_run", "train", {"optimizer.lr": 0.08}, False)
+    assert (fake.subject.task, fake.subject.variant) == ("detection", "efficientdet-d0")
+    assert fake.subject.dataset == trainer.config.data.train
     assert trainer.summary["mlflow_run_id"] == "run-9"
     assert fake.calls[1][0] == "log_dict" and fake.calls[1][2] == "config.json"
     assert fake.calls[1][1]["precision"] == {"amp": False, "xla": False}
     assert fake.calls[2] == ("log_metrics", {"loss": 0.5}, 4)
-    assert fake.calls[3] == ("log_metrics", {"images_per_second": 12.0, "timed_steps": 8}, 10)
+    assert fake.calls[3] == ("log_metrics", {"images_per_second": 12.0, "timed_steps": 8,
+                                             "train_time_s": 4.5, "params": 1000}, 10)
     assert fake.calls[4] == ("log_artifacts", str(tmp_path / "model"), "model")
     assert fake.calls[5] == ("log_artifact", str(tmp_path / "dllogger.json"), "logs")
     assert fake.exited == (None, None, None)
+
+
+@pytest.mark.parametrize("checkpoints", [False, True])
+def test_mlflow_uploads_the_checkpoint_only_when_asked(tmp_path, monkeypatch, checkpoints):
+    from efficientdet.training.hooks import mlflow_tracking
+
+    fake = FakeMlflow()
+    monkeypatch.setattr(mlflow_tracking.tracking, "step_run", fake.step_run)
+    for name in ("log_dict", "log_metrics", "log_artifacts", "log_artifact"):
+        monkeypatch.setattr(mlflow_tracking.tracking, name, fake.record(name))
+    (tmp_path / "model").mkdir()
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    for name in ("ckpt-10.index", "ckpt-10.data-00000-of-00001", "checkpoint"):
+        (ckpt / name).write_text("x")
+    trainer = _logging_trainer(tmp_path, store=SimpleNamespace(local_dir=str(ckpt)))
+    trainer.summary["checkpoint"] = str(ckpt / "ckpt-10")
+    hook = MLflowTracking(system_metrics=False, checkpoints=checkpoints)
+    hook.on_train_begin(trainer)
+    hook.on_train_end(trainer)
+    uploaded = sorted(Path(c[1]).name for c in fake.calls
+                      if c[0] == "log_artifact" and c[2] == "checkpoint")
+    assert uploaded == (["checkpoint", "ckpt-10.data-00000-of-00001", "ckpt-10.index"]
+                        if checkpoints else [])
 
 
 def test_mlflow_run_ends_with_the_error(tmp_path, monkeypatch):
@@ -477,15 +507,20 @@ def test_final_artifact_writes_summary_and_model_on_rank_0(tmp_path, monkeypatch
     meter = SimpleNamespace(summary=lambda: {"images_per_second": 12.0,
                                              "images_per_second_per_rank": 12.0,
                                              "timed_steps": 8})
-    model = SimpleNamespace(variables=[])
+    model = SimpleNamespace(variables=[], trainable_weights=[np.zeros((3, 4))], layers=[],
+                            name="fake")
     trainer = _logging_trainer(tmp_path, meter=meter, model=model, ema=None, label_map=None)
     trainer.summary = {"mlflow_run_id": None, "checkpoint": "c", "world_size": 1,
                        "precision_policy": "float32"}
-    FinalArtifact().on_train_end(trainer)
+    hook = FinalArtifact()
+    hook.on_train_begin(trainer)
+    hook.on_train_end(trainer)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {"final_step", "losses", "images_per_second", "images_per_second_per_rank",
             "throughput", "weights_sha256", "state_sha256", "model_uri",
-            "checkpoint"} <= set(summary)
+            "checkpoint", "train_time_s"} <= set(summary)
+    assert summary["params"] == 12 and summary["gmacs"] == 0.0
+    assert 0 <= summary["train_time_s"] < 60
     assert summary["model_uri"] == str(tmp_path / "model") and summary["final_step"] == 10
     assert saved == [trainer]
     out = capsys.readouterr().out

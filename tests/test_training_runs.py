@@ -141,8 +141,15 @@ def test_sigterm_checkpoint_then_resume_with_amp_and_mlflow(tmp_path, mlflow_env
     history = MlflowClient(mlflow_env).get_metric_history(run.info.run_id, "total_loss")
     assert [h.step for h in history] == [saved_step + 1, saved_step + 2]
     artifacts = {a.path for a in MlflowClient(mlflow_env).list_artifacts(run.info.run_id)}
-    assert {"model", "checkpoint", "config.json"} <= artifacts
+    assert {"model", "config.json"} <= artifacts
+    # the checkpoint (optimizer state) only with logging.mlflow_checkpoints (test_training_hooks)
+    assert "checkpoint" not in artifacts
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "train efficientdet-d0 det"  # variant, the dataset's folder
+    assert run.data.tags["effdet.variant"] == "efficientdet-d0"
+    assert run.data.tags["effdet.dataset"] == str(data)
+    assert run.data.tags["effdet.dataset_digest"]
+    assert {"train_time_s", "params", "gmacs"} <= set(run.data.metrics)
 
 
 def _tiny_classifier(name, num_classes=None, image_size=None, **overrides):

@@ -29,6 +29,7 @@ from efficientdet.orchestration.cluster_settings import (
     ClusterSettings,
     ClusterSettingsError,
 )
+from efficientdet.run_identity import IMAGE_ENV
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 BACKENDS = ("auto", "local", "mpijob")
@@ -166,7 +167,8 @@ class MPIJobBackend:
             namespace=self.namespace or namespace, workers=s.workers,
             gpus_per_worker=s.gpus_per_worker, cpu=s.worker_cpu, memory=s.worker_memory,
             shm_size=s.shm_size, tolerations=self.tolerations(),
-            node_selector=dict(s.node_selector), env=dict(env), secret_env=self.secret_env(),
+            node_selector=dict(s.node_selector), env={**env, IMAGE_ENV: s.train_image},
+            secret_env=self.secret_env(),
             service_account=s.service_account, ssh_auth_mount_path=s.ssh_auth_mount_path,
             run_as_user=s.run_as_user, active_deadline_seconds=self.active_deadline_seconds,
             backoff_limit=self.backoff_limit, owner_pod=owner,
@@ -199,7 +201,7 @@ def forwarded_env(environ=None) -> dict[str, str]:
     keys = SERVICE_KEYS + (
         "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "EFFDET_MLFLOW_PARENT_RUN_ID", "EFFDET_TRACKING",
         "KFP_PIPELINE_RUN_ID", "KFP_PIPELINE_RUN_URL", "KFP_PIPELINE_ID",
-        "KFP_PIPELINE_VERSION_ID", "KFP_TASK_NAME")
+        "KFP_PIPELINE_VERSION_ID", "KFP_TASK_NAME", IMAGE_ENV)
     return {k: environ[k] for k in keys if environ.get(k)}
 
 

@@ -30,9 +30,11 @@ S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                       "MLFLOW_TRACKING_TOKEN")
 
-# ConfigMap keys the tracking and storage code read themselves (and the ranks get forwarded).
+# ConfigMap keys the tracking and storage code read themselves (and the ranks get forwarded);
+# EFFDET_KFP_UI_URL: the Kubeflow Pipelines UI the MLflow runs link their KFP run in.
 SERVICE_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "AWS_ENDPOINT_URL",
-                "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "EFFDET_S3_ADDRESSING_STYLE")
+                "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "EFFDET_S3_ADDRESSING_STYLE",
+                "EFFDET_KFP_UI_URL")
 # ClusterSettings field -> the ConfigMap key that sets it.
 SETTING_KEYS = {
     "s3_secret": "EFFDET_S3_SECRET_NAME",

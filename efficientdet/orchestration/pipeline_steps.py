@@ -18,6 +18,7 @@ from pathlib import Path
 from efficientdet import console, storage, tracking
 from efficientdet.model_tasks import check_task
 from efficientdet.orchestration import backends, runs
+from efficientdet.run_identity import RunSubject, subject_tags
 from efficientdet.training.config import TrainOverrides, load_config, write_config
 
 
@@ -53,7 +54,8 @@ def convert(task: str, source: str, images: str, output: str, *, num_shards: int
     if not source:
         raise StepError("convert: the source URI is empty")
     with tracking.step_run("convert", params={"task": task, "source": source, "images": images,
-                                              "output": output, "num_shards": num_shards}):
+                                              "output": output, "num_shards": num_shards},
+                           subject=RunSubject(task=task)):
         if task == "detection":
             if not images:
                 raise StepError("convert: detection needs the images URI")
@@ -65,6 +67,7 @@ def convert(task: str, source: str, images: str, output: str, *, num_shards: int
             from efficientdet.data.convert_imagenet import convert_imagenet
 
             report = convert_imagenet(source, output, num_shards=num_shards or None, progress=False)
+        tracking.set_subject("convert", RunSubject(task=task, dataset=output))
         scalars = {k: v for k, v in _flat_numbers(report).items()}
         tracking.log_metrics(scalars)
         tracking.log_dict(report, "conversion_report.json")
@@ -117,6 +120,9 @@ def train(args: list[str], output: str, backend: backends.Backend,
         raise StepError(f"training ended but wrote no {summary_uri}")
     summary = json.loads(storage.read_text(summary_uri))
     summary.update(_evaluation_scalars(summary))
+    runs.roll_up(summary, tags=subject_tags(RunSubject(
+        task=summary.get("task"), variant=summary.get("model"),
+        dataset=data_uris[0] if data_uris else None)))
     scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float))
                and not isinstance(v, bool)}
     losses = summary.get("losses") or {}
@@ -154,7 +160,8 @@ def register(model_uri: str, *, name: str, metric_name: str, metric_value: float
               "threshold": threshold, "passed": passed, "alias": None, "version": None}
     with tracking.step_run("register", params={"model_uri": model_uri, "name": name,
                                                "metric": metric_name, "threshold": threshold,
-                                               "alias": alias}) as run, \
+                                               "alias": alias},
+                           subject=model_subject(model_uri)) as run, \
             tempfile.TemporaryDirectory(prefix="effdet-register-") as downloads:
         if run is None:
             raise StepError("register: the MLflow server does not answer")
@@ -246,6 +253,18 @@ def output_dir(work_uri: str, run_id: str, task: str, artifact_path: str) -> str
     return artifact_path
 
 
+def model_subject(model_uri: str, data_uri: str | None = None) -> RunSubject:
+    """Task and variant of the model artifact at MODEL_URI (its model.json), for the run's
+    name and tags; an unreadable one gives none (the step itself reports it)."""
+    from efficientdet.models.artifact import read_meta
+
+    try:
+        meta = read_meta(model_uri)
+    except Exception:  # noqa: BLE001 - the step's own reading names the problem
+        return RunSubject(dataset=data_uri or None)
+    return RunSubject(task=meta.task, variant=meta.model, dataset=data_uri or None)
+
+
 # -- evaluate / export -------------------------------------------------------------------------------
 def _scalars(d: dict) -> dict[str, float]:
     """Finite numbers only (KFP's Metrics and the compare view take no NaN)."""
@@ -260,13 +279,15 @@ def evaluate(model_uri: str, data_uri: str, output: str, *, batch_size: int = 0,
     from efficientdet.evaluation.evaluate import evaluate_model
 
     with tracking.step_run("evaluate", params={"model_uri": model_uri, "data": data_uri,
-                                               "batch_size": batch_size or 8}):
+                                               "batch_size": batch_size or 8},
+                           subject=model_subject(model_uri, data_uri)):
         result = evaluate_model(model_uri, data_uri, batch_size=batch_size or 8,
                                 output_dir=output)
         scalars = _scalars(result.get("metrics", {}))
         per_class = {f"AP/{name}": v for name, v in (result.get("per_class_ap") or {}).items()
                      if isinstance(v, (int, float))}
         tracking.log_metrics({**scalars, **per_class})
+        runs.roll_up(scalars)
         if not storage.is_remote(output) and Path(output).is_dir():
             tracking.log_artifacts(output, "evaluation")
         run_id = tracking.active_run_id()
@@ -319,7 +340,8 @@ def export(model_uri: str, output: str, *, formats: str = "saved_model,onnx",
     scalars: dict[str, float] = {}
     rows = []
     with tracking.step_run("export", params={"model_uri": model_uri, "formats": ",".join(wanted),
-                                             "parity_data": data_uri, "max_ap_drop": max_ap_drop}):
+                                             "parity_data": data_uri, "max_ap_drop": max_ap_drop},
+                           subject=model_subject(model_uri)):
         failed = []
         for fmt in wanted:
             target = storage.join(output, fmt)

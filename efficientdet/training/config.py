@@ -127,6 +127,7 @@ class LoggingConfig:
     dllogger_file: str | None = None  # None: <output>/dllogger.json (rank 0)
     dllogger_stdout: bool = False  # True: the DLLL lines also on stdout (`--dllogger-stdout`)
     mlflow: bool = True
+    mlflow_checkpoints: bool = False  # upload the last checkpoint (optimizer state: large)
     system_metrics: bool = True
 
 

@@ -37,7 +37,8 @@ def standard_hooks(config: TrainConfig, is_chief: bool) -> list[Hook]:
     if is_chief:
         hooks.append(ConsoleProgress())
         if config.logging.mlflow:
-            hooks.append(MLflowTracking(system_metrics=config.logging.system_metrics))
+            hooks.append(MLflowTracking(system_metrics=config.logging.system_metrics,
+                                        checkpoints=config.logging.mlflow_checkpoints))
         hooks.append(DLLLogging.for_output(config.output, config.logging.dllogger_file,
                                            stdout=config.logging.dllogger_stdout))
     hooks.append(FinalArtifact())

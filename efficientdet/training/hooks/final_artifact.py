@@ -1,14 +1,32 @@
-"""The end of a run: digests and throughput in the summary, the model artifact (with EMA
-weights when kept) and ``summary.json`` beside it."""
+"""The end of a run: digests, throughput, training time and the model's size (params, GMACs)
+in the summary, the model artifact (with EMA weights when kept) and ``summary.json`` beside
+it."""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 from efficientdet import storage
 from efficientdet.models.model_meta import ModelMeta
 from efficientdet.training.hooks.base import Hook
 from efficientdet.training.trainer import weights_digest
+
+log = logging.getLogger(__name__)
+
+
+def model_size(model) -> dict:
+    """``params`` (trainable) and ``gmacs`` (per image, counted from the layers' shapes: no
+    extra forward pass); a model the counter does not know gets None for GMACs."""
+    from efficientdet.models.summary import count_macs, count_params
+
+    try:
+        gmacs = round(count_macs(model) / 1e9, 3)
+    except Exception as exc:  # noqa: BLE001 - a headline number must not fail the run
+        log.debug("no GMACs for %s: %s", model.name, exc)
+        gmacs = None
+    return {"params": count_params(model.trainable_weights), "gmacs": gmacs}
 
 
 def write_summary(output: str, summary: dict) -> None:
@@ -34,6 +52,12 @@ class FinalArtifact(Hook):
     ranks, prints its weights digest); rank 0 saves OUTPUT/model and writes OUTPUT/summary.json (the command's
     closing lines report the throughput)."""
 
+    def __init__(self):
+        self._started: float | None = None
+
+    def on_train_begin(self, trainer) -> None:
+        self._started = time.monotonic()
+
     def on_train_end(self, trainer) -> None:
         through = trainer.meter.summary()
         digest = weights_digest(trainer.model.variables)
@@ -47,9 +71,12 @@ class FinalArtifact(Hook):
             "throughput": through, "weights_sha256": digest,
             "state_sha256": trainer.state_digest(),
             "model_uri": storage.join(trainer.config.output, "model"),
+            "train_time_s": (round(time.monotonic() - self._started, 3)
+                             if self._started is not None else None),
         })
         if not trainer.is_chief:
             return
+        trainer.summary.update(model_size(trainer.model))
         self.save_model(trainer)
         write_summary(trainer.config.output, trainer.summary)
 

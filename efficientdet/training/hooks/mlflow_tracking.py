@@ -1,4 +1,5 @@
-"""The run's MLflow record (`efficientdet.tracking`): params, metrics, model and checkpoint."""
+"""The run's MLflow record (`efficientdet.tracking`): params, metrics, the model, logs and,
+when asked (``logging.mlflow_checkpoints``), the last checkpoint."""
 
 from __future__ import annotations
 
@@ -6,22 +7,31 @@ import tempfile
 from pathlib import Path
 
 from efficientdet import storage, tracking
+from efficientdet.run_identity import RunSubject
 from efficientdet.training.hooks.base import Hook
+
+# what the run's final metrics take from summary.json (beside the throughput)
+FINAL_METRICS = ("train_time_s", "params", "gmacs")
 
 
 class MLflowTracking(Hook):
-    """Opens the ``train`` step run with the flat config as params, logs the resolved config,
-    every logged step's metrics and the final throughput, and the model artifact, the last
-    checkpoint and the trainer's log files. Tracking off or unreachable: the run has no id and
-    every call is a no-op (see `tracking`). Rank 0 only."""
+    """Opens the ``train`` step run (named and tagged after the variant and the training data)
+    with the flat config as params, logs the resolved config, every logged step's metrics, the
+    final throughput, training time and model size, the model artifact and the trainer's log
+    files; the last checkpoint (optimizer state: often larger than the model) only with
+    CHECKPOINTS. Tracking off or unreachable: the run has no id and every call is a no-op (see
+    `tracking`). Rank 0 only."""
 
-    def __init__(self, system_metrics: bool = True):
+    def __init__(self, system_metrics: bool = True, checkpoints: bool = False):
         self.system_metrics = system_metrics
+        self.checkpoints = checkpoints
         self._context = None
         self.run = None
 
     def on_train_begin(self, trainer) -> None:
-        self._context = tracking.step_run("train", params=trainer.run_params,
+        config = trainer.config
+        subject = RunSubject(task=config.task, variant=config.model, dataset=config.data.train)
+        self._context = tracking.step_run("train", params=trainer.run_params, subject=subject,
                                           log_system_metrics=self.system_metrics)
         self.run = self._context.__enter__()
         if self.run is not None:
@@ -33,15 +43,18 @@ class MLflowTracking(Hook):
             tracking.log_metrics(logs, step=step)
 
     def on_train_end(self, trainer) -> None:
-        tracking.log_metrics({k: v for k, v in trainer.summary["throughput"].items()
-                              if isinstance(v, (int, float))}, step=trainer.step)
+        final = {**trainer.summary["throughput"],
+                 **{k: trainer.summary.get(k) for k in FINAL_METRICS}}
+        tracking.log_metrics({k: v for k, v in final.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                             step=trainer.step)
         if self.run is None:
             return
         with tempfile.TemporaryDirectory(prefix="effdet-mlflow-") as downloads:
             local_model = storage.sync_to_local(trainer.summary["model_uri"], downloads)
             tracking.log_artifacts(str(local_model), "model")
         checkpoint = trainer.summary.get("checkpoint")
-        if checkpoint:
+        if checkpoint and self.checkpoints:
             local_dir = Path(trainer.store.local_dir)
             for p in sorted(local_dir.glob(Path(checkpoint).name + ".*")):
                 tracking.log_artifact(str(p), "checkpoint")
