@@ -135,3 +135,18 @@ def mlflow_server(tmp_path_factory):
 def mlflow_env(mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     return mlflow_server
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_experiment_per_test():
+    """`mlflow.set_experiment` writes MLFLOW_EXPERIMENT_ID into os.environ and a module global;
+    left over, one test's experiment id points the next test's runs into a store without it."""
+    before = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    else:
+        os.environ["MLFLOW_EXPERIMENT_ID"] = before
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None:
+        fluent._active_experiment_id = None
