@@ -75,10 +75,3 @@ def timed_phase(doing: str, done: str):
     yield
     phase(f"{done} in {format_duration(time.monotonic() - start)}")
 
-
-def evaluation_line(step: int, metrics: dict, seconds: float | None = None) -> str:
-    """``eval at step 200: AP 0.2310  AP50 0.4512  val_loss 1.234  (12s)``: the line of one
-    evaluation during training (metrics in the order given)."""
-    parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
-    line = f"eval at step {step}: " + "  ".join(parts)
-    return line + (f"  ({format_duration(seconds)})" if seconds is not None else "")

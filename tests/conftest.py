@@ -150,3 +150,28 @@ def _mlflow_experiment_per_test():
     fluent = sys.modules.get("mlflow.tracking.fluent")
     if fluent is not None:
         fluent._active_experiment_id = None
+
+
+@pytest.fixture
+def track_to(monkeypatch, request):
+    """``track_to(uri, prefix)``: MLflow tracking on URI in an experiment named after this test,
+    with no run, parent or KFP identity inherited from the environment; runs the test leaves
+    open are ended afterwards and the tracking URI goes back to the environment's."""
+    import mlflow
+
+    from efficientdet import tracking
+
+    def use(uri: str, prefix: str = "exp") -> str:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"{prefix}-{request.node.name[:40]}")
+        for name in ("MLFLOW_RUN_ID", "EFFDET_MLFLOW_PARENT_RUN_ID", "KFP_PIPELINE_RUN_ID",
+                     "KFP_TASK_NAME", "EFFDET_TRACKING", "MLFLOW_EXPERIMENT_ID"):
+            monkeypatch.delenv(name, raising=False)
+        tracking.reset_warning_state()
+        mlflow.set_tracking_uri(uri)
+        return uri
+
+    yield use
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)

@@ -43,12 +43,6 @@ def test_phase_lines_go_to_stderr(capsys):
     assert captured.out == "" and captured.err == "exporting onnx\n"
 
 
-def test_evaluation_line():
-    assert console.evaluation_line(200, {"AP": 0.231, "AP50": 0.45, "images": 32}, 12.3) == (
-        "eval at step 200: AP 0.2310  AP50 0.4500  images 32  (12s)")
-    assert console.evaluation_line(5, {"top1": 0.5}) == "eval at step 5: top1 0.5000"
-
-
 def test_quiet_by_default(clean_console):
     console.configure(False)
     assert logging.getLogger("tensorflow").level == logging.ERROR

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from efficientdet import tracking
 from efficientdet.orchestration import pipeline_steps
 from tests.test_export_saved_model import (
     LABEL_MAP,
@@ -31,20 +30,9 @@ from tests.test_export_saved_model import (
 
 
 @pytest.fixture
-def tracked(mlflow_env, monkeypatch, request):
+def tracked(mlflow_env, track_to):
     """Tracking on the loopback server, in an experiment of this test's own."""
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"pyfunc-{request.node.name[:40]}")
-    for name in ("MLFLOW_RUN_ID", "EFFDET_MLFLOW_PARENT_RUN_ID", "KFP_PIPELINE_RUN_ID",
-                 "KFP_TASK_NAME", "EFFDET_TRACKING", "MLFLOW_EXPERIMENT_ID"):
-        monkeypatch.delenv(name, raising=False)
-    tracking.reset_warning_state()
-    import mlflow
-
-    mlflow.set_tracking_uri(mlflow_env)
-    yield mlflow_env
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+    return track_to(mlflow_env, "pyfunc")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-from efficientdet import tracking
 from efficientdet.cli import main
 from tests import test_export_saved_model as helpers
 from tests.test_export_saved_model import sample_images, tiny_meta, write_dataset
@@ -23,20 +22,11 @@ def sqlite_uri(tmp_path_factory):
 
 
 @pytest.fixture
-def client(sqlite_uri, monkeypatch, request):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"exp-{request.node.name[:40]}")
-    for name in ("MLFLOW_RUN_ID", "EFFDET_MLFLOW_PARENT_RUN_ID", "KFP_PIPELINE_RUN_ID",
-                 "KFP_TASK_NAME", "EFFDET_TRACKING", "MLFLOW_EXPERIMENT_ID"):
-        monkeypatch.delenv(name, raising=False)
-    tracking.reset_warning_state()
+def client(sqlite_uri, track_to):
     import mlflow
 
-    mlflow.set_tracking_uri(sqlite_uri)
-    yield mlflow.MlflowClient()
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+    track_to(sqlite_uri)
+    return mlflow.MlflowClient()
 
 
 def _trained_by(artifact_dir, run_id: str | None) -> None:

@@ -20,21 +20,8 @@ def sqlite_uri(tmp_path_factory):
 
 
 @pytest.fixture
-def mlflow_sqlite(sqlite_uri, monkeypatch, request):
-    uri = sqlite_uri
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"exp-{request.node.name[:40]}")
-    for name in ("MLFLOW_RUN_ID", "EFFDET_MLFLOW_PARENT_RUN_ID", "KFP_PIPELINE_RUN_ID",
-                 "KFP_TASK_NAME", "EFFDET_TRACKING", "MLFLOW_EXPERIMENT_ID"):
-        monkeypatch.delenv(name, raising=False)
-    tracking.reset_warning_state()
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)  # back to the environment's URI for later tests
+def mlflow_sqlite(sqlite_uri, track_to):
+    return track_to(sqlite_uri)
 
 
 def _client():
