@@ -1,6 +1,6 @@
-"""What a person sees on the console: phase lines, durations, the evaluation line, and the
-third-party noise (TensorFlow's C++ and Python logs, absl, tf2onnx, deprecation warnings)
-kept out unless asked for (`effdet -v`).
+"""What a person sees on the console: phase lines, durations, and the third-party noise
+(TensorFlow's C++ and Python logs, absl, tf2onnx, MLflow's INFO lines and progress bars,
+deprecation warnings, kfp.local's base-image warning) kept out unless asked for (`effdet -v`).
 
 Phase lines go to stderr, so that stdout holds results (and ``--json`` output) only.
 """
@@ -19,7 +19,12 @@ from efficientdet import _compat
 
 VERBOSE_ENV = "EFFDET_VERBOSE"  # "1": subprocesses (Horovod ranks, pipeline steps) stay verbose
 NOISY_LOGGERS = ("tensorflow", "absl", "tf2onnx", "keras", "h5py")
-NOISY_MODULES = r"(tensorflow|tf_keras|keras|tf2onnx|absl|google\.protobuf|h5py|onnx|onnxruntime)"
+NOISY_MODULES = (r"(tensorflow|tf_keras|keras|tf2onnx|absl|google\.protobuf|h5py|onnx|onnxruntime"
+                 r"|mlflow)")
+# Quiet settings that libraries read from the environment at import (a user's own value wins).
+QUIET_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+# kfp.local warns on every task that our image is not a Python base image; it runs in this venv.
+KFP_LOCAL_IMAGE_WARNING = r"You may be attemp\w* to run a task that uses custom or non-Python"
 NOISY_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning)
 
 
@@ -39,11 +44,24 @@ def configure(verbose: bool | None = None) -> None:
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
     if _compat.USER_TF_CPP_MIN_LOG_LEVEL is None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "2"
+    _absl_verbosity("warning" if verbose else "error")  # absl resets its logger's level itself
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
     if not verbose:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # when mlflow came first
         for category in NOISY_WARNINGS:
             warnings.filterwarnings("ignore", category=category, module=NOISY_MODULES)
+        warnings.filterwarnings("ignore", message=KFP_LOCAL_IMAGE_WARNING, category=RuntimeWarning)
+
+
+def _absl_verbosity(level: str) -> None:
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    absl_logging.set_verbosity(level)
 
 
 def format_duration(seconds: float) -> str:

@@ -13,7 +13,8 @@ import sys
 
 EXECUTOR_INFO = re.compile(r"\[KFP Executor [^\]]* INFO\]: ")
 EXECUTOR_INPUT = "Got executor_input:"
-LOCAL_RUNNER_CHATTER = re.compile(r"^(Streamed logs:|Task \S+ (outputs:|has no outputs))")
+LOCAL_RUNNER_CHATTER = re.compile(
+    r"^(Streamed logs:|Task \S+ (outputs:|has no outputs)|Cleaned up workspace:)")
 
 
 class ExecutorChatterFilter(io.TextIOBase):

@@ -18,7 +18,10 @@ def clean_console(monkeypatch):
     monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     monkeypatch.setattr(_compat, "USER_TF_CPP_MIN_LOG_LEVEL", None)
-    levels = {name: logging.getLogger(name).level for name in console.NOISY_LOGGERS}
+    for key in console.QUIET_ENV:
+        monkeypatch.delenv(key, raising=False)
+    names = (*console.NOISY_LOGGERS, "mlflow")
+    levels = {name: logging.getLogger(name).level for name in names}
     with warnings.catch_warnings():
         yield
     for name, level in levels.items():
@@ -54,13 +57,20 @@ def test_quiet_by_default(clean_console):
                                module="keras.src.x")
         warnings.warn_explicit("ours", UserWarning, "efficientdet/x.py", 1,
                                module="efficientdet.x")
+        warnings.warn_explicit("You may be attemping to run a task that uses custom or "
+                               "non-Python base image", RuntimeWarning,
+                               "kfp/local/subprocess_task_handler.py", 81,
+                               module="kfp.local.subprocess_task_handler")
     assert [str(w.message) for w in seen] == ["ours"]
+    assert os.environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
 
 
 def test_verbose_brings_third_party_output_back(clean_console):
     console.configure(True)
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0" and console.is_verbose()
     assert logging.getLogger("absl").level == logging.NOTSET
+    assert "MLFLOW_LOGGING_LEVEL" not in os.environ
 
 
 def test_a_level_the_user_set_is_kept(clean_console, monkeypatch):
