@@ -250,6 +250,26 @@ def test_lr_scaling_and_warmup_cosine():
     assert float(no_warmup(0)) == pytest.approx(1.0)
 
 
+def test_automl_cosine_counts_its_phase_from_step_0():
+    """google/automl's CosineLrSchedule: 0.5 * peak * (1 + cos(pi * step / (total - warmup)))
+    after warm-up, so it is below the peak when warm-up ends, 0 at total - warmup, then rises."""
+    import math
+
+    from efficientdet.training.schedules import WarmupCosine, warmup_cosine
+
+    kw = {"peak_lr": 0.08, "total_steps": 400, "warmup_steps": 50, "warmup_start_factor": 0.1,
+          "decay": "automl_cosine"}
+    assert warmup_cosine(49, **kw) == pytest.approx(0.008 + 0.072 * 49 / 50)
+    assert warmup_cosine(50, **kw) == pytest.approx(0.04 * (1 + math.cos(math.pi * 50 / 350)))
+    assert warmup_cosine(350, **kw) == pytest.approx(0.0, abs=1e-9)
+    assert warmup_cosine(399, **kw) > warmup_cosine(350, **kw)
+    sched = WarmupCosine(**kw)
+    for step in (0, 49, 50, 200, 350, 399):
+        assert float(sched(step)) == pytest.approx(warmup_cosine(step, **kw), rel=1e-5, abs=1e-7)
+    with pytest.raises(ValueError, match="lr decay"):
+        WarmupCosine(0.1, 10, 1, decay="step")
+
+
 # --- EMA -----------------------------------------------------------------------------------
 
 def test_ema_warmup_update_and_swap():

@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -91,6 +91,7 @@ class OptimizerConfig:
     warmup_epochs: float = _setting(1.0, v.NonNegativeNumber)
     warmup_steps: int | None = _setting(None, v.NonNegativeInt | None)  # over warmup_epochs
     warmup_start_factor: float = _setting(0.1, v.Probability)  # lr at step 0 = factor * peak
+    lr_decay: str = _setting("cosine", Literal["cosine", "automl_cosine"])  # training.schedules
     weight_decay: float = _setting(4e-5, v.NonNegativeNumber)  # L2: wd * sum(w^2) / 2, kernels
     clip_norm: float | None = _setting(10.0, v.NonNegativeNumber | None)  # None or 0: off
     # Clip each gradient tensor to clip_norm before the global norm, as automl does.

@@ -230,7 +230,8 @@ class Trainer:
                             if self.is_chief else {})
         opt = config.optimizer
         self.schedule = WarmupCosine(self.lengths["peak_lr"], self.total_steps,
-                                     self.lengths["warmup_steps"], opt.warmup_start_factor)
+                                     self.lengths["warmup_steps"], opt.warmup_start_factor,
+                                     opt.lr_decay)
         optimizer = keras.optimizers.SGD(
             learning_rate=self.schedule, momentum=opt.momentum, nesterov=opt.nesterov,
             global_clipnorm=opt.clip_norm or None)
