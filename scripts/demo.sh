@@ -6,7 +6,8 @@
 # Ends by printing the AP, where the artifacts are and the command that opens the MLflow UI.
 # Knobs (env): DEMO_OUTPUT (default demo-output), DEMO_STEPS (training steps, default 400),
 # DEMO_TRAIN_IMAGES (default 256), DEMO_VAL_IMAGES (default 32), DEMO_THRESHOLD (AP needed for
-# the `champion` alias, default 0.1: 400 steps on 2 CPU cores reach AP ~0.23 here).
+# the `champion` alias, default 0.1; the AP of one run varies with the seed, see
+# docs/performance.md).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
