@@ -80,7 +80,8 @@ def _config(**sets):
 
 
 def _fake_build(trainer, losses=None, batches=None):
-    """What `Trainer._build` makes, without a model: steps that return LOSSES."""
+    """What `Trainer._resolve` and `_build` make, without data or a model: steps that return
+    LOSSES."""
     losses = losses or (lambda step: {"loss": 1.0, "total_loss": 1.5})
     step_var = SimpleNamespace(value=0)
     step_var.numpy = lambda: step_var.value
@@ -103,6 +104,7 @@ def _fake_build(trainer, losses=None, batches=None):
 
 def _trainer(config, ctx, hooks, monkeypatch, **build):
     trainer = Trainer(config, ctx, hooks)
+    monkeypatch.setattr(trainer, "_resolve", lambda: None)
     monkeypatch.setattr(trainer, "_build", lambda: _fake_build(trainer, **build))
     monkeypatch.setattr("efficientdet.training.trainer.weights_digest", lambda v: "d")
     trainer.model = SimpleNamespace(trainable_variables=[], variables=[])

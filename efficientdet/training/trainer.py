@@ -125,6 +125,7 @@ class Trainer:
         """Train to ``total_steps``; returns the summary dict the hooks filled in."""
         error: BaseException | None = None
         try:
+            self._resolve()  # bad data or init fails here, before any phase line
             self._call("on_setup")
             self._build()
             self._call("on_restore")
@@ -199,6 +200,18 @@ class Trainer:
                   "steps", flush=True)
 
     # -- building the state and the step functions ----------------------------------------------
+    def _resolve(self) -> None:
+        """The config completed from the data and the variant, and the schedule's lengths: what
+        a bad data URI or a missing pretrained file stops, before anything is built."""
+        from efficientdet.training import initialization
+        from efficientdet.training.tasks import get_task
+
+        initialization.check_init(self.config)  # a missing pretrained file stops here
+        self.task = get_task(self.config.task)
+        self.config, self.label_map = self.task.resolve(self.config)
+        self.lengths = schedule_lengths(self.config, self.ctx.size, count_examples(self.config))
+        self.total_steps = self.lengths["total_steps"]
+
     def _build(self) -> None:
         import keras
         import tensorflow as tf
@@ -208,15 +221,9 @@ class Trainer:
         from efficientdet.training.checkpoints import CheckpointStore
         from efficientdet.training.ema import ExponentialMovingAverage
         from efficientdet.training.schedules import WarmupCosine
-        from efficientdet.training.tasks import get_task
         from efficientdet.training.throughput import ThroughputMeter
 
-        initialization.check_init(self.config)  # a missing pretrained file stops here
-        self.task = get_task(self.config.task)
-        self.config, self.label_map = self.task.resolve(self.config)
         config = self.config
-        self.lengths = schedule_lengths(config, self.ctx.size, count_examples(config))
-        self.total_steps = self.lengths["total_steps"]
         self.policy = precision_policy(config.precision.amp)
         keras.mixed_precision.set_global_policy(self.policy)
         keras.utils.set_random_seed(config.seed)
