@@ -8,6 +8,7 @@ from kfp import dsl
 from efficientdet.kfp_pipelines.graph import (
     closing_parent_run,
     convert_split,
+    shared_parameters,
     train_to_register,
 )
 from efficientdet.kfp_pipelines.options import ClusterOptions
@@ -106,18 +107,7 @@ def build(options: ClusterOptions):
                                          work_uri=work_uri,
                                          mlflow_experiment=mlflow_experiment).outputs["dataset"]
                     for split, root in (("train", train_root_uri), ("val", val_root_uri))}
-            train_to_register(
-                options, task="classification", train_data=data["train"], val_data=data["val"],
-                recipe=recipe, model_name=model_name, image_size=image_size, steps=steps,
-                epochs=epochs, batch_size=batch_size, amp=amp, xla=xla, learning_rate=learning_rate,
-                ema_decay=ema_decay, eval_interval=eval_interval, init_from=init_from,
-                workers=workers, gpus_per_worker=gpus_per_worker, launcher=launcher,
-                train_image=train_image, worker_cpu=worker_cpu, worker_memory=worker_memory,
-                node_selector=node_selector, mpijob_cleanup=mpijob_cleanup,
-                deadline_seconds=deadline_seconds, eval_batch_size=eval_batch_size,
-                export_formats=export_formats, max_parity_drop=max_parity_drop,
-                registered_model_name=registered_model_name, metric_name=metric_name,
-                threshold=threshold, alias=alias, work_uri=work_uri,
-                mlflow_experiment=mlflow_experiment)
+            train_to_register(options, task="classification", train_data=data["train"],
+                              val_data=data["val"], **shared_parameters(locals()))
 
     return classification_pipeline

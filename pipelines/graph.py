@@ -7,6 +7,7 @@ the pipeline ended. The pipelines (detection.py, classification.py) are plain
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 from kfp import dsl
 from kfp.dsl.python_component import PythonComponent
@@ -87,3 +88,12 @@ def train_to_register(options: ClusterOptions, *, task: str, train_data, val_dat
         eval_metrics=evaluated.outputs["metrics"], registered_model_name=registered_model_name,
         metric_name=metric_name, threshold=threshold, alias=alias, **identity(mlflow_experiment)),
         options, name="register", cache=False, retries=2)
+
+
+def shared_parameters(pipeline_locals: dict) -> dict:
+    """The pipeline parameters `train_to_register` takes, picked by name from the calling
+    pipeline function's ``locals()`` (both pipelines declare them with the same names); one
+    that is not declared fails the call as a missing argument."""
+    own = {"options", "task", "train_data", "val_data"}
+    names = [n for n in inspect.signature(train_to_register).parameters if n not in own]
+    return {n: pipeline_locals[n] for n in names if n in pipeline_locals}
