@@ -144,3 +144,60 @@ def test_submit_without_wait_returns_at_once(kfp_api, capsys):
     kfp_api.final_state = "FAILED"  # not looked at without --wait
     assert main(_argv(kfp_api)) == 0
     assert "/#/runs/details/" in capsys.readouterr().out
+
+
+# -- a GPU step on a cluster without a GPU node ---------------------------------------------------
+
+class FakeNodes:
+    """CoreV1Api.list_node over NODES ({name: allocatable}); RAISE instead when given."""
+
+    def __init__(self, nodes=None, raise_=None):
+        self.nodes, self.raise_ = nodes or {}, raise_
+
+    def list_node(self):
+        from types import SimpleNamespace
+
+        if self.raise_:
+            raise self.raise_
+        return SimpleNamespace(items=[
+            SimpleNamespace(metadata=SimpleNamespace(name=name),
+                            status=SimpleNamespace(allocatable=allocatable))
+            for name, allocatable in self.nodes.items()])
+
+
+def test_gpu_nodes_are_the_nodes_with_an_allocatable_gpu():
+    from efficientdet.orchestration.gpu_nodes import NoGPUNode, check_gpu_node, gpu_nodes
+
+    nodes = FakeNodes({"cpu-1": {"cpu": "8"}, "gpu-1": {"nvidia.com/gpu": "8"},
+                       "drained": {"nvidia.com/gpu": "0"}})
+    assert gpu_nodes(nodes) == ["gpu-1"]
+    assert check_gpu_node("x", nodes) is None
+    with pytest.raises(NoGPUNode, match="the step needs a node with nvidia.com/gpu"):
+        check_gpu_node("the step", FakeNodes({"cpu-1": {"cpu": "8"}}))
+    note = check_gpu_node("x", FakeNodes(raise_=PermissionError("403 Forbidden: nodes")))
+    assert note.startswith("could not list nodes") and "403 Forbidden" in note
+
+
+def _kube(monkeypatch, core):
+    from efficientdet.orchestration import mpijob
+
+    monkeypatch.setattr(mpijob, "kube_apis", lambda api_client=None: (None, core))
+
+
+def test_submit_refuses_tf_trt_where_no_node_has_a_gpu(kfp_api, capsys, monkeypatch):
+    _kube(monkeypatch, FakeNodes({"cpu-1": {"cpu": "8"}}))
+    code = main(_argv(kfp_api, "--param", "export_formats=saved_model,tf-trt"))
+    err = capsys.readouterr().err
+    assert code == 2 and not kfp_api.runs  # refused before anything reached KFP
+    assert "export_formats=saved_model,tf-trt (the export-tftrt step) needs a node with " \
+        "nvidia.com/gpu" in err and "leave tf-trt out of export_formats" in err
+
+
+def test_submit_with_tf_trt_goes_ahead_with_a_gpu_node_or_a_note(kfp_api, capsys, monkeypatch):
+    _kube(monkeypatch, FakeNodes({"gpu-1": {"nvidia.com/gpu": "1"}}))
+    assert main(_argv(kfp_api, "--param", "export_formats=tf-trt")) == 0
+    assert len(kfp_api.runs) == 1
+    _kube(monkeypatch, FakeNodes(raise_=PermissionError("403 Forbidden")))
+    assert main(_argv(kfp_api, "--param", "export_formats=tf-trt")) == 0
+    assert len(kfp_api.runs) == 2
+    assert "note: could not list nodes" in capsys.readouterr().err

@@ -214,6 +214,7 @@ def run_submit(args) -> int:
     if not package:
         package = str(compile_pipeline(args.pipeline,
                                        Path(tempfile.mkdtemp()) / f"{args.pipeline}.yaml", options))
+    _check_gpu_steps(params)
     run_name = args.run_name or f"{pipeline_obj.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"submitting to {args.host} (token: {'from env' if token_from_env() else 'none'})")
     try:
@@ -234,6 +235,23 @@ def run_submit(args) -> int:
         return 0
     print(f"final state: {result.state}")
     return 0 if result.state and result.state.upper().endswith(SUCCESS) else 1
+
+
+def _check_gpu_steps(params: dict) -> None:
+    """`export_formats` with tf-trt adds a GPU step: refuse the run where no node has a GPU."""
+    from efficientdet.orchestration.gpu_nodes import NoGPUNode, check_gpu_node
+    from efficientdet.orchestration.pipeline_steps import split_formats
+
+    formats = params.get("export_formats")
+    if not formats or not split_formats(str(formats))[1]:
+        return
+    try:
+        note = check_gpu_node(f"--param export_formats={formats} (the export-tftrt step)")
+    except NoGPUNode as exc:
+        raise UsageError(f"{exc}; leave tf-trt out of export_formats or add a GPU node") \
+            from None
+    if note:
+        print(f"note: {note}; the export-tftrt step will wait for a GPU node", file=sys.stderr)
 
 
 def _is_kfp_failure(exc: Exception) -> bool:
