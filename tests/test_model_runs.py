@@ -75,6 +75,17 @@ def test_export_without_a_training_run_gets_a_run_of_its_own(client, tiny_artifa
     assert report == ["export/saved_model_report.json"]
 
 
+def test_a_failed_export_ends_its_own_run_failed_with_the_reason(client, tiny_artifact,
+                                                                 tmp_path, request):
+    """TF-TRT on a machine without TensorRT: exit 1, the run FAILED and tagged with why."""
+    _trained_by(tmp_path / "artifact", None)
+    assert main(["export", "--model", str(tmp_path / "artifact"), "--format", "tf-trt",
+                 "--output", str(tmp_path / "export")]) == 1
+    (run,) = _runs(client, f"exp-{request.node.name[:40]}")
+    assert run.info.status == "FAILED"
+    assert "TF-TRT is not available" in run.data.tags["effdet.export.tf-trt.error"]
+
+
 def test_evaluate_of_a_model_trained_elsewhere_gets_its_own_run(client, tiny_artifact,
                                                                 tmp_path, request):
     """The model.json names a run this server does not have: a run of its own, linked."""

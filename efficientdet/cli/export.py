@@ -45,29 +45,34 @@ def onnx_check_line(check: dict) -> str:
 def run(args) -> int:
     import time
 
-    from efficientdet import model_runs
+    from efficientdet import model_runs, tracking
     from efficientdet.cli import UsageError
     from efficientdet.export import export_model
     from efficientdet.export.onnx import OnnxExportError
     from efficientdet.export.tftrt import TensorRTUnavailable
 
-    # MLflow (when configured): the training run of the model, else a run of its own
-    with model_runs.model_run("export", args.model):
-        started = time.monotonic()
-        try:
-            report = export_model(args.model, args.output, fmt=args.format,
-                                  precision=args.precision,
-                                  calibration_data=args.calibration_data, nms=args.nms,
-                                  data_uri=args.data, max_ap_drop=args.max_ap_drop,
-                                  max_images=args.max_images,
-                                  max_detections=args.max_detections,
-                                  score_threshold=args.score_threshold)
-        except (TensorRTUnavailable, OnnxExportError) as exc:
-            print(f"effdet export: {exc}", file=sys.stderr)
-            return 1
-        except (FileNotFoundError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
-        model_runs.log_export(report, args.output, time.monotonic() - started)
+    # MLflow (when configured): the training run of the model (its status kept), else a run of
+    # its own, which a failed conversion ends FAILED with the reason as a tag
+    try:
+        with model_runs.model_run("export", args.model):
+            started = time.monotonic()
+            try:
+                report = export_model(args.model, args.output, fmt=args.format,
+                                      precision=args.precision,
+                                      calibration_data=args.calibration_data, nms=args.nms,
+                                      data_uri=args.data, max_ap_drop=args.max_ap_drop,
+                                      max_images=args.max_images,
+                                      max_detections=args.max_detections,
+                                      score_threshold=args.score_threshold)
+            except (TensorRTUnavailable, OnnxExportError) as exc:
+                tracking.set_tags({f"effdet.export.{args.format}.error": str(exc)[:500]})
+                raise
+            except (FileNotFoundError, ValueError) as exc:
+                raise UsageError(str(exc)) from None
+            model_runs.log_export(report, args.output, time.monotonic() - started)
+    except (TensorRTUnavailable, OnnxExportError) as exc:
+        print(f"effdet export: {exc}", file=sys.stderr)
+        return 1
     parity = report.get("parity")
     if args.json:
         print(json.dumps(report, indent=2))
