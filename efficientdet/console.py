@@ -25,6 +25,8 @@ NOISY_MODULES = (r"(tensorflow|tf_keras|keras|tf2onnx|absl|google\.protobuf|h5py
 QUIET_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 # kfp.local warns on every task that our image is not a Python base image; it runs in this venv.
 KFP_LOCAL_IMAGE_WARNING = r"You may be attemp\w* to run a task that uses custom or non-Python"
+# MLflow asks every PythonModel subclass for type hints (attributed to the subclass's module).
+MLFLOW_TYPE_HINT_WARNING = r".*Add type hints to the `predict` method"
 NOISY_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning)
 
 
@@ -54,6 +56,7 @@ def configure(verbose: bool | None = None) -> None:
         for category in NOISY_WARNINGS:
             warnings.filterwarnings("ignore", category=category, module=NOISY_MODULES)
         warnings.filterwarnings("ignore", message=KFP_LOCAL_IMAGE_WARNING, category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=MLFLOW_TYPE_HINT_WARNING, category=UserWarning)
 
 
 def _absl_verbosity(level: str) -> None:

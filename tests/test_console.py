@@ -61,6 +61,9 @@ def test_quiet_by_default(clean_console):
                                "non-Python base image", RuntimeWarning,
                                "kfp/local/subprocess_task_handler.py", 81,
                                module="kfp.local.subprocess_task_handler")
+        warnings.warn_explicit("\x1b[33mAdd type hints to the `predict` method to enable data "
+                               "validation", UserWarning, "efficientdet/export/x.py", 1,
+                               module="efficientdet.export.x")
     assert [str(w.message) for w in seen] == ["ours"]
     assert os.environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"
     assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
