@@ -67,6 +67,30 @@ def _absl_verbosity(level: str) -> None:
     absl_logging.set_verbosity(level)
 
 
+@contextlib.contextmanager
+def native_stderr_quiet():
+    """Unless verbose, hide what native code writes straight to file descriptor 2 in the
+    block: absl's INFO lines from grappler ("Number of eligible GPUs ..."), printed when a
+    graph is optimised from Python (freezing weights, tf2onnx), which TF_CPP_MIN_LOG_LEVEL does
+    not reach. Python's own output and exceptions are not touched."""
+    if is_verbose():
+        yield
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (embedded interpreter): nothing to hide
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def format_duration(seconds: float) -> str:
     """``0.8s``, ``41s``, ``2m31s``, ``1h02m``: as short as the length allows."""
     if not math.isfinite(seconds) or seconds < 0:

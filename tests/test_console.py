@@ -141,3 +141,16 @@ def test_train_dllogger_stdout_flag_sets_the_config_key(tmp_path, capsys):
     assert main(["train", "--config", "synth-detection", "--dllogger-stdout",
                  "--print-config"]) == 0
     assert "dllogger_stdout: true" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("verbose", ["0", "1"])
+def test_native_stderr_is_hidden_in_the_block_unless_verbose(verbose, monkeypatch, capfd):
+    """absl's grappler INFO lines are written by C++ straight to file descriptor 2."""
+    monkeypatch.setenv(console.VERBOSE_ENV, verbose)
+    os.write(2, b"before\n")
+    with pytest.raises(RuntimeError, match="kept"), console.native_stderr_quiet():
+        os.write(2, b"native line\n")
+        raise RuntimeError("the error is kept")
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert err == ("before\nnative line\nafter\n" if verbose == "1" else "before\nafter\n")

@@ -51,6 +51,16 @@ def tiny_detector(seed: int = 0):
     return keras.Model(inputs, {"class_outputs": cls, "box_outputs": box})
 
 
+def assert_same_detections(got, expected):
+    """The same detections up to float rounding: a fresh process with plain TensorFlow runs
+    Eigen's kernels on an AVX2 CPU where the project turns oneDNN's on (efficientdet._compat),
+    and the served graph has its weights folded as constants."""
+    for key in ("category_ids", "num_detections"):
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    np.testing.assert_allclose(got["boxes"], expected["boxes"], atol=1e-3, err_msg="boxes")
+    np.testing.assert_allclose(got["scores"], expected["scores"], atol=1e-5, err_msg="scores")
+
+
 def tiny_meta():
     from efficientdet.models.model_meta import ModelMeta
 
@@ -165,8 +175,7 @@ def test_saved_model_in_fresh_process_matches_in_memory(tmp_path, tiny_artifact)
     runner = ModuleRunner(served_module(tiny_artifact, tiny_meta()), tiny_meta())
     expected = runner.run_batch(batch)
     assert expected["num_detections"].min() > 0
-    for key in ("boxes", "scores", "category_ids", "num_detections"):
-        np.testing.assert_array_equal(fresh[key], expected[key], err_msg=key)
+    assert_same_detections(fresh, expected)
     # boxes are in original pixels: inside the 80x80 image, not the 128x128 input
     assert fresh["boxes"][..., 0::2].max() <= 80 and fresh["boxes"][..., 1::2].max() <= 80
     assert set(np.unique(fresh["category_ids"])) <= {0, 1, 2, 3}
@@ -175,6 +184,29 @@ def test_saved_model_in_fresh_process_matches_in_memory(tmp_path, tiny_artifact)
         assert n == len(result["scores"])
         np.testing.assert_allclose(fresh_bytes["boxes"][i, :n], result["boxes"], atol=1e-3)
         np.testing.assert_array_equal(fresh_bytes["category_ids"][i, :n], result["category_ids"])
+
+
+def test_frozen_serving_module_matches_the_live_model_and_stores_weights_once(tmp_path,
+                                                                            tiny_artifact):
+    """predict, evaluate and export serve the weights as graph constants (faster, see
+    `detector.network`): the detections of the live model, and no variable left to save twice."""
+    from efficientdet.inference.runners import ModuleRunner, served_module
+
+    live = ModuleRunner(served_module(tiny_artifact, tiny_meta()), tiny_meta())
+    module = served_module(tiny_artifact, tiny_meta(), frozen=True)
+    frozen = ModuleRunner(module, tiny_meta())
+    batch = np.stack([im[:80, :80] for im in sample_images(3, seed=5)])
+    expected, got = live.run_batch(batch), frozen.run_batch(batch)
+    assert expected["num_detections"].min() > 0
+    assert_same_detections(got, expected)
+
+    from efficientdet.export.saved_model import save_module
+
+    save_module(module, tmp_path / "frozen")
+    weight_bytes = sum(w.numpy().nbytes for w in tiny_artifact.weights)
+    beside = sum(p.stat().st_size for p in (tmp_path / "frozen").rglob("variables.data*"))
+    assert beside < weight_bytes / 10  # the weights live in the graph, not a second time beside it
+    assert (tmp_path / "frozen" / "saved_model.pb").stat().st_size > weight_bytes
 
 
 def test_parity_failure_exits_nonzero(tmp_path, tiny_artifact, monkeypatch, capsys):
@@ -248,5 +280,4 @@ def test_real_d0_artifact_export_matches_in_fresh_process(tmp_path):
     fresh = np.load(tmp_path / "fresh.npz")
     expected = load_runner(str(tmp_path / "artifact"), nms="hard").run_batch(batch)
     assert expected["num_detections"].min() > 0
-    for key in ("boxes", "scores", "category_ids", "num_detections"):
-        np.testing.assert_array_equal(fresh[key], expected[key], err_msg=key)
+    assert_same_detections(fresh, expected)

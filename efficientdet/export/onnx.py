@@ -36,9 +36,12 @@ def convert_saved_model(saved_model_dir: str | Path, output_path: str | Path,
     spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    from efficientdet.console import native_stderr_quiet
+
     try:
-        tf2onnx.convert.from_function(loaded.serve_images, input_signature=[spec], opset=opset,
-                                      output_path=str(output_path))
+        with native_stderr_quiet():
+            tf2onnx.convert.from_function(loaded.serve_images, input_signature=[spec],
+                                          opset=opset, output_path=str(output_path))
     except Exception as exc:
         raise OnnxExportError(f"tf2onnx could not convert {saved_model_dir}: {exc}") from exc
     return output_path

@@ -67,7 +67,7 @@ def export_saved_model(model, meta: ModelMeta, output_uri: str, *, nms: str = "h
 
     options = {"nms": nms, "max_detections": max_detections, "score_threshold": score_threshold,
                "iou_threshold": iou_threshold, "pre_nms_topk": pre_nms_topk}
-    module = served_module(model, meta, **options)
+    module = served_module(model, meta, frozen=True, **options)
     local = Path(output_uri) if not storage.is_remote(output_uri) else \
         Path(tempfile.mkdtemp(prefix="effdet-export-")) / "saved_model"
     save_module(module, local)

@@ -54,19 +54,48 @@ def decode_and_pad(encoded: tf.Tensor, image_size) -> tuple[tf.Tensor, tf.Tensor
         tf.TensorSpec([2], tf.int32)))
 
 
+def network(model, image_size, *, frozen: bool = False):
+    """The model's inference call, images [B, S_h, S_w, 3] float32 -> its outputs.
+
+    FROZEN bakes the current weights into the graph as constants: grappler then folds batch
+    norm into the convolutions and oneDNN reorders each filter once instead of per call (D0 at
+    batch 1: ~0.75x the time). For serving and one-off evaluation only: later weight changes
+    are not seen. The caller must not keep the model tracked beside it, or a SavedModel stores
+    every weight twice."""
+    if not frozen:
+        return lambda images: model(images, training=False)
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    from efficientdet.console import native_stderr_quiet
+
+    h, w = image_hw(image_size)
+    traced = tf.function(lambda images: model(images, training=False)).get_concrete_function(
+        tf.TensorSpec([None, h, w, 3], tf.float32))
+    structure = traced.structured_outputs
+    with native_stderr_quiet():
+        constant = convert_variables_to_constants_v2(traced)
+    return lambda images: tf.nest.pack_sequence_as(structure, constant(images))
+
+
 class Detector(tf.Module):
-    """EfficientDet with pre/post-processing; outputs carry original pixels and category ids."""
+    """EfficientDet with pre/post-processing; outputs carry original pixels and category ids.
+    `frozen`: the network's weights become graph constants (see `network`)."""
 
     def __init__(self, model, *, image_size, num_classes: int, anchors, nms: str = "hard",
                  max_detections: int = 100, score_threshold: float = 0.001,
                  iou_threshold: float = 0.5, pre_nms_topk: int = 5000,
-                 soft_nms_sigma: float = 0.25, name: str = "detector", **nms_extra):
+                 soft_nms_sigma: float = 0.25, frozen: bool = False, name: str = "detector",
+                 **nms_extra):
         super().__init__(name=name)
         from efficientdet.detection.postprocess import METHODS
 
         if nms not in METHODS:
             raise ValueError(f"nms must be one of {', '.join(METHODS)}, got {nms!r}")
-        self.model = model
+        if not frozen:
+            self.model = model  # tracked: a SavedModel keeps the variables
+        self.network = network(model, image_size, frozen=frozen)
         self.image_size = image_hw(image_size)
         self.num_classes = int(num_classes)
         self.nms = nms
@@ -84,7 +113,7 @@ class Detector(tf.Module):
         from efficientdet.detection.anchors import flatten_outputs
         from efficientdet.detection.postprocess import postprocess
 
-        outputs = self.model(images, training=False)
+        outputs = self.network(images)
         cls_flat, box_flat = flatten_outputs(outputs, self.num_classes)
         boxes, scores, classes, num = postprocess(cls_flat, box_flat, self.anchors,
                                                   image_scales=scales, image_sizes=sizes,
@@ -111,16 +140,20 @@ class Detector(tf.Module):
 
 
 class Classifier(tf.Module):
-    """EfficientNet with resize + pad and softmax: probabilities [N, K] and the top-k."""
+    """EfficientNet with resize + pad and softmax: probabilities [N, K] and the top-k.
+    `frozen` as for `Detector`."""
 
-    def __init__(self, model, *, image_size, top_k: int = 5, name: str = "classifier"):
+    def __init__(self, model, *, image_size, top_k: int = 5, frozen: bool = False,
+                 name: str = "classifier"):
         super().__init__(name=name)
-        self.model = model
+        if not frozen:
+            self.model = model
+        self.network = network(model, image_size, frozen=frozen)
         self.image_size = image_hw(image_size)
         self.top_k = int(top_k)
 
     def classify_padded(self, images: tf.Tensor) -> dict:
-        logits = tf.cast(self.model(images, training=False), tf.float32)
+        logits = tf.cast(self.network(images), tf.float32)
         probs = tf.nn.softmax(logits, axis=-1)
         k = tf.minimum(self.top_k, tf.shape(probs)[-1])
         top = tf.math.top_k(probs, k=k)

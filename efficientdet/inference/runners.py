@@ -201,18 +201,19 @@ def postprocess_settings(meta: ModelMeta, **options) -> dict:
     return {**DEFAULT_POSTPROCESS, **(meta.postprocess or {}), **given}
 
 
-def served_module(model, meta: ModelMeta, **options):
+def served_module(model, meta: ModelMeta, *, frozen: bool = False, **options):
     """Wrap a pure model from an artifact in `Detector` or `Classifier` per its task;
-    OPTIONS are `Detector` post-processing options (see `postprocess_settings`)."""
+    OPTIONS are `Detector` post-processing options (see `postprocess_settings`). FROZEN bakes
+    the weights in as constants (faster; for a model whose weights no longer change)."""
     from efficientdet.inference.detector import Classifier, Detector
 
     if not meta.is_detector:
-        return Classifier(model, image_size=meta.image_size)
+        return Classifier(model, image_size=meta.image_size, frozen=frozen)
     from efficientdet.detection.anchors import Anchors
 
     anchors = Anchors.from_config(meta.model_config(), image_size=meta.image_size)
     return Detector(model, image_size=meta.image_size, num_classes=meta.num_classes,
-                    anchors=anchors, **postprocess_settings(meta, **options))
+                    anchors=anchors, frozen=frozen, **postprocess_settings(meta, **options))
 
 
 def load_runner(uri: str, *, nms: str | None = None, **detector_options) -> Runner:
@@ -233,7 +234,8 @@ def load_runner(uri: str, *, nms: str | None = None, **detector_options) -> Runn
             from efficientdet.models.artifact import load_artifact
 
             model, meta = load_artifact(str(local))
-            return ModuleRunner(served_module(model, meta, nms=nms, **detector_options), meta)
+            return ModuleRunner(served_module(model, meta, frozen=True, nms=nms,
+                                              **detector_options), meta)
     raise ValueError(f"--model {uri}: not a model artifact (model.json + model.weights.h5), an "
                      f"exported SavedModel ({SAVED_MODEL_FILE}) or an .onnx file")
 
