@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import efficientdet  # noqa: F401  (the process set-up runs before any test imports TensorFlow)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 

@@ -257,3 +257,35 @@ def test_anchor_max_candidates_take_each_anchors_best_class_as_automl():
     np.testing.assert_allclose(top_scores[0], [0.9, 0, 0, 0, 0], rtol=1e-5)
     with pytest.raises(ValueError, match="candidates"):
         postprocess(cls, box, BOXES, candidates="best")
+
+
+@pytest.mark.parametrize("batch,pre_nms_topk", [(1, 500), (3, 500), (2, 40000)])
+def test_candidates_are_exactly_a_topk_over_all_pairs_ties_included(batch, pre_nms_topk):
+    """Both candidate paths (k <= N anchors: only pairs reaching the k-th anchor maximum are
+    ranked; k > N: all pairs of the k anchors) pick what one top-k over N*K logits picks, in
+    its order, ties broken to the lower index: integer logits make thousands of ties."""
+    from efficientdet.detection.postprocess import _top_candidates
+
+    n, num_classes = 3000, 20
+    rng = np.random.default_rng(batch)
+    cls_flat = tf.constant(rng.integers(-6, 3, (batch, n, num_classes)), tf.float32)
+    anchor_boxes = tf.constant([[i, i, i + 1, i + 1] for i in range(n)], tf.float32)
+    boxes, scores, classes = _top_candidates(cls_flat, tf.zeros([batch, n, 4]), anchor_boxes,
+                                             pre_nms_topk)
+    top, index = tf.math.top_k(tf.reshape(cls_flat, [batch, -1]), k=min(pre_nms_topk,
+                                                                        n * num_classes))
+    np.testing.assert_array_equal(classes.numpy(), index.numpy() % num_classes)
+    np.testing.assert_array_equal(boxes.numpy()[..., 0], index.numpy() // num_classes)
+    np.testing.assert_array_equal(scores.numpy(), tf.sigmoid(top).numpy())
+
+
+def test_candidates_of_nan_logits_do_not_fail():
+    """A diverged model's NaN logits still give k candidates (garbage in, no crash)."""
+    from efficientdet.detection.postprocess import _top_candidates
+
+    cls_flat = np.random.default_rng(0).normal(size=(2, 600, 5)).astype(np.float32)
+    cls_flat[0, ::3] = np.nan
+    cls_flat[1] = np.nan
+    boxes, scores, classes = _top_candidates(
+        tf.constant(cls_flat), tf.zeros([2, 600, 4]), tf.zeros([600, 4]), 100)
+    assert boxes.shape == (2, 100, 4) and scores.shape == (2, 100) and classes.shape == (2, 100)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 
 from efficientdet.models.configs import EfficientDetConfig, bifpn_nodes
-from efficientdet.models.layers import WeightedFusion, batch_norm
+from efficientdet.models.layers import Swish, WeightedFusion, batch_norm
 
 __all__ = ["bifpn_cell", "bifpn_nodes", "build_bifpn", "extra_levels"]
 
@@ -57,7 +57,7 @@ def bifpn_cell(features: dict, cfg: EfficientDetConfig, cell: int, sync_bn: bool
             x = _project(x, width, f"{p}_input{k}", sync_bn)
             inputs.append(_resize(x, level, target, f"{p}_input{k}"))
         x = WeightedFusion(cfg.fpn_weight_method, name=p + "_fusion")(inputs)
-        x = keras.layers.Activation("swish", name=p + "_activation")(x)
+        x = Swish(name=p + "_activation")(x)
         x = keras.layers.SeparableConv2D(width, 3, padding="same", use_bias=True, name=p + "_conv")(x)
         x = batch_norm(p + "_bn", sync_bn)(x)
         feats.append((target, x))

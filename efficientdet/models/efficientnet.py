@@ -14,6 +14,7 @@ from efficientdet.models.configs import EfficientNetConfig
 from efficientdet.models.layers import (
     ImageNormalization,
     StochasticDepth,
+    Swish,
     batch_norm,
     conv_kernel_initializer,
     dense_kernel_initializer,
@@ -36,13 +37,13 @@ def mbconv_block(x, block: dict, drop_rate: float, sync_bn: bool):
             kernel_initializer=conv_kernel_initializer(), name=p + "expand_conv",
         )(x)
         x = batch_norm(p + "expand_bn", sync_bn)(x)
-        x = keras.layers.Activation("swish", name=p + "expand_activation")(x)
+        x = Swish(name=p + "expand_activation")(x)
     x = keras.layers.DepthwiseConv2D(
         block["kernel_size"], strides=block["strides"], padding="same", use_bias=False,
         depthwise_initializer=conv_kernel_initializer(), name=p + "dwconv",
     )(x)
     x = batch_norm(p + "bn", sync_bn)(x)
-    x = keras.layers.Activation("swish", name=p + "activation")(x)
+    x = Swish(name=p + "activation")(x)
     if 0 < block["se_ratio"] <= 1:
         x = squeeze_excite(x, filters_in, block["se_ratio"], p)
     x = keras.layers.Conv2D(
@@ -75,7 +76,7 @@ def build_feature_extractor(
         kernel_initializer=conv_kernel_initializer(), name="stem_conv",
     )(x)
     x = batch_norm("stem_bn", sync_bn)(x)
-    x = keras.layers.Activation("swish", name="stem_activation")(x)
+    x = Swish(name="stem_activation")(x)
 
     blocks = cfg.blocks()
     stride_level = 1
@@ -116,7 +117,7 @@ def build_classifier(
         kernel_initializer=conv_kernel_initializer(), name="top_conv",
     )(x)
     x = batch_norm("top_bn", sync_bn)(x)
-    x = keras.layers.Activation("swish", name="top_activation")(x)
+    x = Swish(name="top_activation")(x)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name="top_dropout")(x)

@@ -12,7 +12,12 @@ import math
 import keras
 
 from efficientdet.models.configs import CLASS_PRIOR, EfficientDetConfig
-from efficientdet.models.layers import batch_norm, float32_output, head_kernel_initializer
+from efficientdet.models.layers import (
+    Swish,
+    batch_norm,
+    float32_output,
+    head_kernel_initializer,
+)
 
 
 def _separable(filters: int, name: str, bias_initializer="zeros"):
@@ -36,7 +41,7 @@ def _head(features: dict, cfg: EfficientDetConfig, outputs_per_anchor: int, pref
         for r, conv in enumerate(convs):
             x = conv(x)
             x = batch_norm(f"{prefix}_bn{r}_p{level}", sync_bn)(x)
-            x = keras.layers.Activation("swish", name=f"{prefix}_activation{r}_p{level}")(x)
+            x = Swish(name=f"{prefix}_activation{r}_p{level}")(x)
         x = predict(x)
         outputs.append(float32_output(f"{prefix}_output_p{level}")(x))
     return outputs
