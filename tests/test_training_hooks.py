@@ -27,7 +27,7 @@ from efficientdet.training.trainer import Trainer, TrainingDiverged
 class FakeCtx:
     def __init__(self, rank=0, size=1, flag=None):
         self.rank, self.size, self.local_rank = rank, size, 0
-        self.flag = flag  # what the allreduce of the stop flag returns (None: one process)
+        self.flag = flag  # what the allreduce of the stop flag returns (None: its input)
         self.averaged: list = []
 
     @property
@@ -35,7 +35,7 @@ class FakeCtx:
         return self.rank == 0
 
     def allreduce_grads(self, grads, extra=None):
-        return grads, self.flag
+        return grads, extra if self.flag is None else self.flag
 
     def average(self, values):
         return [v * 10 for v in values]  # visibly "averaged"
@@ -98,8 +98,8 @@ def _fake_build(trainer, losses=None, batches=None):
     trainer.store = FakeStore()
     trainer.meter = SimpleNamespace(step=lambda: None, window=lambda: 8.0)
     trainer.current_lr = lambda: 0.01
-    trainer.compute_gradients = lambda images, labels: ([], losses(trainer.step + 1))
-    trainer.apply_gradients = lambda grads: None
+    trainer.train_step = lambda images, labels, stop: (losses(trainer.step + 1),
+                                                       trainer.ctx.allreduce_grads([], [stop])[1])
 
 
 def _trainer(config, ctx, hooks, monkeypatch, **build):

@@ -177,15 +177,40 @@ class StochasticDepth(keras.layers.Layer):
 class Swish(keras.layers.Layer):
     """swish (SiLU), x * sigmoid(x). Inference spells the product out because grappler fuses
     that pattern, not TensorFlow's custom-gradient silu, into a preceding Conv2D + BiasAdd
-    (one oneDNN kernel in frozen graphs); training keeps silu, whose gradient stores only x."""
+    (one oneDNN kernel in frozen graphs). Training on TensorFlow runs the fused silu kernel
+    forward and `_swish_gradient` backward, storing only x."""
 
     def call(self, inputs, training=None):
         if training:
+            if keras.backend.backend() == "tensorflow":
+                return _tf_swish(inputs)
             return ops.silu(inputs)
         return inputs * ops.sigmoid(inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def _tf_swish(x):
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def swish(x):
+        return tf.nn.silu(x), lambda dy: _swish_gradient(x, dy)
+
+    return swish(x)
+
+
+def _swish_gradient(x, dy):
+    """dy * d/dx[x sigmoid(x)] = dy * (s + x s (1 - s)), s = sigmoid(x), in four passes over
+    the activation (Sigmoid, SigmoidGrad, AddV2, Mul). TensorFlow's silu gradient takes six or
+    more, and also computes a gradient for its beta; those passes were about a tenth of a D0
+    training step's op time (benchmarks/profile_train.py)."""
+    import tensorflow as tf
+
+    with tf.name_scope("swish_gradient"), tf.control_dependencies([dy]):
+        s = tf.sigmoid(x)  # recomputed here, not held from the forward pass
+        return dy * (s + tf.raw_ops.SigmoidGrad(y=s, dy=x))
 
 
 @keras.saving.register_keras_serializable(package="efficientdet")
