@@ -87,7 +87,7 @@ def make_classification_data(work: Path, log: Path) -> tuple[Path, Path]:
                           str(per_class), "--seed", str(seed), "--image-size", "96"], log)
         converted = work / split
         if not (converted / "report.json").is_file():
-            run(EFFDET + ["convert", "imagenet", "--images", str(raw), "--output",
+            run(EFFDET + ["convert", "imagenet", "--root", str(raw), "--output",
                           str(converted)], log)
         out.append(converted)
     return out[0], out[1]

@@ -98,9 +98,9 @@ def dataset_digest(uri: str) -> str | None:
     from efficientdet.data.dataset import ConvertedDataset
 
     try:
-        dataset = ConvertedDataset.open(uri)
-        shards = [s.rsplit("/", 1)[-1] for s in dataset.shards]
-        report = {k: v for k, v in (dataset.report or {}).items() if k != "output"}
+        with ConvertedDataset.open(uri) as dataset:
+            shards = [s.rsplit("/", 1)[-1] for s in dataset.shards]
+            report = {k: v for k, v in (dataset.report or {}).items() if k != "output"}
     except Exception as exc:  # noqa: BLE001 - a tag must never stop the work
         log.debug("no digest for %s: %s", uri, exc)
         return None
@@ -118,7 +118,8 @@ def _report(uri: str) -> dict | None:
     from efficientdet.data.dataset import ConvertedDataset
 
     try:
-        return ConvertedDataset.open(uri).report
+        with ConvertedDataset.open(uri) as dataset:
+            return dataset.report
     except Exception:  # noqa: BLE001 - a name must never stop the work
         return None
 

@@ -154,6 +154,12 @@ def _mlflow_experiment_per_test():
         fluent._active_experiment_id = None
 
 
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory):
+    """One MLflow SQLite store per test module (creating its tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 @pytest.fixture
 def track_to(monkeypatch, request):
     """``track_to(uri, prefix)``: MLflow tracking on URI in an experiment named after this test,

@@ -16,11 +16,6 @@ from tests.test_export_saved_model import sample_images, tiny_meta, write_datase
 tiny_artifact = helpers.tiny_artifact  # the fixture
 
 
-@pytest.fixture(scope="module")
-def sqlite_uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
 @pytest.fixture
 def client(sqlite_uri, track_to):
     import mlflow

@@ -13,12 +13,6 @@ from efficientdet.orchestration import backends, pipeline_steps, runs
 from efficientdet.orchestration.cluster_settings import ClusterSettings
 
 
-@pytest.fixture(scope="module")
-def sqlite_uri(tmp_path_factory):
-    """One SQLite store for the module (creating its tables takes seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
 @pytest.fixture
 def mlflow_sqlite(sqlite_uri, track_to):
     return track_to(sqlite_uri)

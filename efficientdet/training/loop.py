@@ -14,7 +14,7 @@ import logging
 from efficientdet.training.config import TrainConfig
 from efficientdet.training.hooks.base import Hook
 from efficientdet.training.hooks.stop_signal import TrainingInterrupted
-from efficientdet.training.trainer import Trainer, TrainingDiverged
+from efficientdet.training.trainer import Trainer, TrainingDiverged, use_deterministic_kernels
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "standard_hooks", "train"]
 
@@ -65,6 +65,8 @@ def train(config: TrainConfig, hooks: list[Hook] | None = None) -> dict:
                         f"build_config), got {type(config).__name__}")
     from efficientdet.training import distributed
 
+    if config.data.deterministic:
+        use_deterministic_kernels()  # before anything asks TensorFlow about devices
     ctx = distributed.init()
     if not ctx.is_chief:
         logging.getLogger().setLevel(logging.WARNING)

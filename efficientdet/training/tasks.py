@@ -51,7 +51,8 @@ class Task:
         train = config.data.train
         num_classes, image_size = config.num_classes, config.image_size
         try:
-            label_map = ConvertedDataset.open(train).label_map
+            with ConvertedDataset.open(train) as dataset:
+                label_map = dataset.label_map
             if num_classes is None:
                 if label_map is None:
                     raise ConfigError(

@@ -40,6 +40,37 @@ def precision_policy(amp: bool) -> str:
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
 
 
+def use_deterministic_kernels() -> None:
+    """Runs of the same seed repeat bit for bit (``data.deterministic``; the input pipeline
+    fixes its order and augmentation seeds itself; on CPU a D0 run still parts after 100-200
+    steps, docs/performance.md). Three settings, each needed on CPU: TensorFlow's
+    deterministic kernels; Eigen's kernels instead of oneDNN's (the project's default on
+    x86-64, `_compat`), whose results differ between runs in their last bits; and one op at a
+    time, since with ops side by side on the thread pool the gradient of the shared box-head
+    output layer does too. Each op still uses every core. TensorFlow reads the oneDNN switch
+    when it is imported and the thread setting when its runtime starts, so `loop.train` calls
+    this before either; a process that started TensorFlow earlier gets a warning."""
+    import os
+    import sys
+
+    late = []
+    if "tensorflow" in sys.modules and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
+        late.append("oneDNN's kernels are on")
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    if tf.config.threading.get_inter_op_parallelism_threads() != 1:
+        try:
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            late.append("ops may run side by side")
+    if late:
+        log.warning("data.deterministic: TensorFlow started before training, so %s, and the "
+                    "run may not repeat bit for bit (set TF_ENABLE_ONEDNN_OPTS=0 before it "
+                    "starts)", " and ".join(late))
+
+
 def weights_digest(variables) -> str:
     """sha256 over the bytes of the variables, in order (to compare ranks and runs)."""
     import numpy as np
@@ -231,9 +262,7 @@ class Trainer:
         keras.mixed_precision.set_global_policy(self.policy)
         keras.utils.set_random_seed(config.seed)
         if config.data.deterministic:
-            # Same seed, same loss curve: kernels that reduce in a fixed order (a few percent
-            # slower on CPU) on top of the input pipeline's fixed order and augmentation seeds.
-            tf.config.experimental.enable_op_determinism()
+            use_deterministic_kernels()
 
         self.model = self.task.build_model(config)
         self.init_report = (initialization.apply_init(self.model, config)
