@@ -73,10 +73,6 @@ def run(args) -> int:
         print(config.to_yaml(), end="")
         return 0
 
-    if config.data.deterministic:  # before TensorFlow is imported (it reads the oneDNN switch)
-        from efficientdet.training.trainer import use_deterministic_kernels
-
-        use_deterministic_kernels()
     from efficientdet.training.checkpoints import CheckpointError
     from efficientdet.training.loop import TrainingDiverged, TrainingInterrupted, train
 

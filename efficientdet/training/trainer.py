@@ -42,14 +42,15 @@ def precision_policy(amp: bool) -> str:
 
 def use_deterministic_kernels() -> None:
     """Runs of the same seed repeat bit for bit (``data.deterministic``; the input pipeline
-    fixes its order and augmentation seeds itself; on CPU a D0 run still parts after 100-200
-    steps, docs/performance.md). Three settings, each needed on CPU: TensorFlow's
-    deterministic kernels; Eigen's kernels instead of oneDNN's (the project's default on
-    x86-64, `_compat`), whose results differ between runs in their last bits; and one op at a
-    time, since with ops side by side on the thread pool the gradient of the shared box-head
-    output layer does too. Each op still uses every core. TensorFlow reads the oneDNN switch
-    when it is imported and the thread setting when its runtime starts, so `loop.train` calls
-    this before either; a process that started TensorFlow earlier gets a warning."""
+    fixes its order and augmentation seeds itself). Four settings: TensorFlow's deterministic kernels; Eigen's kernels instead of oneDNN's (the project's
+    default on x86-64, `_compat`), whose results differ between runs in their last bits; one
+    op at a time; and no grappler memory optimizer. That optimizer rewrites a large AddN (the
+    gradient of a weight shared by the five levels of the box and class heads) into additions
+    to a temporary variable in whatever order the inputs arrive, and once the executor's cost
+    estimates settle (about 90 steps into a run) that order changes from run to run
+    (docs/performance.md). TensorFlow reads the oneDNN switch when it is imported and the
+    thread setting when its runtime starts, so `loop.train` calls this before either; a
+    process that started TensorFlow earlier gets a warning."""
     import os
     import sys
 
@@ -65,10 +66,28 @@ def use_deterministic_kernels() -> None:
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:
             late.append("ops may run side by side")
+    _memory_optimizer_off()
     if late:
         log.warning("data.deterministic: TensorFlow started before training, so %s, and the "
                     "run may not repeat bit for bit (set TF_ENABLE_ONEDNN_OPTS=0 before it "
                     "starts)", " and ".join(late))
+
+
+def _memory_optimizer_off() -> None:
+    """Turns grappler's memory optimizer off for the functions called after this. The option
+    is not among `tf.config.optimizer`'s switches, so it goes into the eager context's base
+    ConfigProto, from which TensorFlow builds the options every function call carries."""
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    config = config_pb2.ConfigProto()
+    if ctx._config is not None:
+        config.CopyFrom(ctx._config)
+    config.graph_options.rewrite_options.memory_optimization = (
+        rewriter_config_pb2.RewriterConfig.NO_MEM_OPT)
+    ctx._config = config
+    ctx.set_optimizer_experimental_options({})  # drops cached function-call options
 
 
 def weights_digest(variables) -> str:
@@ -261,8 +280,6 @@ class Trainer:
         self.policy = precision_policy(config.precision.amp)
         keras.mixed_precision.set_global_policy(self.policy)
         keras.utils.set_random_seed(config.seed)
-        if config.data.deterministic:
-            use_deterministic_kernels()
 
         self.model = self.task.build_model(config)
         self.init_report = (initialization.apply_init(self.model, config)
