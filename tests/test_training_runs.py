@@ -204,8 +204,8 @@ def test_xla_and_amp_classification_no_nan(tmp_path, monkeypatch):
 
 def test_deterministic_mode_repeats_a_run_exactly(tmp_path):
     """data.deterministic: the same seed gives the same loss curve and the same weights; another
-    seed does not (so the check can fail). Batch 8 and 8 steps: with oneDNN's kernels or ops
-    run side by side, D0's losses at this size part by step 3-5 (docs/performance.md)."""
+    seed does not (so the check can fail). Batch 8 and 8 steps: without the mode's kernel
+    and grappler settings, D0's losses at this size part by step 3-5 (docs/performance.md)."""
     data = write_detection_set(tmp_path / "det", images=16, shards=2)
 
     def run(name: str, seed: int) -> tuple[list, str]:

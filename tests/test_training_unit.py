@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -470,3 +473,37 @@ def test_checkpoint_fallback_stale_temp_and_shape_mismatch(tmp_path, caplog):
     with pytest.raises(CheckpointMismatch, match=r"class_head.*\(4, 3\).*\(4, 5\).*"
                                                  r"num_classes 3 -> 5"):
         store3.restore_latest()
+
+
+DETERMINISTIC_SETTINGS = """
+import json
+from efficientdet.training.trainer import use_deterministic_kernels
+use_deterministic_kernels()
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.eager import context
+from tensorflow.python.framework import config
+call = config_pb2.ConfigProto.FromString(context.context().function_call_options.config_proto_serialized)
+print(json.dumps({
+    "determinism": config.is_op_determinism_enabled(),
+    "memory_optimization": call.graph_options.rewrite_options.memory_optimization,
+    "soft_placement": call.allow_soft_placement,
+    "result": float(tf.function(lambda x: tf.add_n([x, x, x]))(tf.ones([2]))[0]),
+}))
+"""
+
+
+def test_deterministic_mode_settings_reach_every_function_call():
+    """data.deterministic in a fresh process: deterministic kernels, and grappler's memory
+    optimizer off in the options each tf.function call carries (its AddN rewrite sums the
+    shared heads' gradients in arrival order: runs parted after ~90 steps)."""
+    from tensorflow.core.protobuf import rewriter_config_pb2
+
+    proc = subprocess.run([sys.executable, "-c", DETERMINISTIC_SETTINGS], capture_output=True,
+                          text=True, timeout=300, check=False,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    settings = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert settings == {"determinism": True,
+                        "memory_optimization": rewriter_config_pb2.RewriterConfig.NO_MEM_OPT,
+                        "soft_placement": True, "result": 3.0}

@@ -21,12 +21,10 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import tensorflow as tf
 
 from efficientdet import storage
-
-if TYPE_CHECKING:
-    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +63,6 @@ class CheckpointStore:
         self.keep = keep
 
     def _manager(self) -> tf.train.CheckpointManager:
-        import tensorflow as tf  # here, not at import: `effdet train` imports this module
-        # for CheckpointError before training sets up TensorFlow (deterministic mode)
-
         if self.manager is None:
             self.pull()
             for temp in self.local_dir.glob(f"{PREFIX}-*_temp*"):  # left by a killed save
@@ -96,15 +91,13 @@ class CheckpointStore:
 
         An unreadable one (truncated, corrupt) is skipped with a warning; a shape mismatch
         raises `CheckpointMismatch`; none readable raises `CheckpointError`."""
-        from tensorflow import errors
-
         manager = self._manager()
         candidates = list(dict.fromkeys(
             [p for p in [manager.latest_checkpoint] if p] + manager.checkpoints[::-1]))
         for path in candidates:
             try:
                 self.checkpoint.restore(path).expect_partial()
-            except (errors.OpError, OSError, ValueError, IndexError) as exc:
+            except (tf.errors.OpError, OSError, ValueError, IndexError) as exc:
                 mismatch = _SHAPE_RE.search(str(exc)) if isinstance(exc, ValueError) else None
                 if mismatch is not None:
                     raise CheckpointMismatch(self._mismatch(path, mismatch)) from None

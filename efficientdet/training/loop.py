@@ -66,7 +66,7 @@ def train(config: TrainConfig, hooks: list[Hook] | None = None) -> dict:
     from efficientdet.training import distributed
 
     if config.data.deterministic:
-        use_deterministic_kernels()  # before anything asks TensorFlow about devices
+        use_deterministic_kernels()  # before the training step is built
     ctx = distributed.init()
     if not ctx.is_chief:
         logging.getLogger().setLevel(logging.WARNING)

@@ -42,35 +42,17 @@ def precision_policy(amp: bool) -> str:
 
 def use_deterministic_kernels() -> None:
     """Runs of the same seed repeat bit for bit (``data.deterministic``; the input pipeline
-    fixes its order and augmentation seeds itself). Four settings: TensorFlow's deterministic kernels; Eigen's kernels instead of oneDNN's (the project's
-    default on x86-64, `_compat`), whose results differ between runs in their last bits; one
-    op at a time; and no grappler memory optimizer. That optimizer rewrites a large AddN (the
-    gradient of a weight shared by the five levels of the box and class heads) into additions
-    to a temporary variable in whatever order the inputs arrive, and once the executor's cost
-    estimates settle (about 90 steps into a run) that order changes from run to run
-    (docs/performance.md). TensorFlow reads the oneDNN switch when it is imported and the
-    thread setting when its runtime starts, so `loop.train` calls this before either; a
-    process that started TensorFlow earlier gets a warning."""
-    import os
-    import sys
-
-    late = []
-    if "tensorflow" in sys.modules and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
-        late.append("oneDNN's kernels are on")
-    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    fixes its order and augmentation seeds itself). Two settings: TensorFlow's deterministic
+    kernels, and no grappler memory optimizer. That optimizer rewrites a large AddN (the
+    gradient of a weight that the five levels of the box and class heads share) into
+    additions to a temporary variable in whatever order the inputs arrive; once the
+    executor's cost estimates settle, about 90 steps into a run, the order, and so the last
+    bits of those gradients, change from run to run (docs/performance.md). oneDNN's kernels
+    and ops side by side stay on: with the rewrite gone they repeat too."""
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
-    if tf.config.threading.get_inter_op_parallelism_threads() != 1:
-        try:
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:
-            late.append("ops may run side by side")
     _memory_optimizer_off()
-    if late:
-        log.warning("data.deterministic: TensorFlow started before training, so %s, and the "
-                    "run may not repeat bit for bit (set TF_ENABLE_ONEDNN_OPTS=0 before it "
-                    "starts)", " and ".join(late))
 
 
 def _memory_optimizer_off() -> None:
