@@ -37,6 +37,28 @@ def test_inference_batch_norm_computes_what_keras_batch_norm_computes():
                                rtol=0, atol=1e-6)
 
 
+def test_batch_norm_on_moving_statistics_in_training_keeps_them_and_trains_gamma():
+    """`use_moving_statistics` (train.frozen_bn_fraction): training calls normalise like
+    inference and leave the moving statistics alone; gamma and beta still get gradients."""
+    x = tf.constant(np.random.default_rng(2).normal(1.0, 2.0, (4, 5, 5, 6)).astype("float32"))
+    bn = batch_norm("frozen")
+    _trained_like(bn, 6)
+    before = [np.array(v) for v in (bn.moving_mean, bn.moving_variance)]
+    bn(x, training=True)
+    assert not np.array_equal(np.array(bn.moving_mean), before[0])  # batch statistics
+    bn.moving_mean.assign(before[0])
+    bn.moving_variance.assign(before[1])
+    bn.use_moving_statistics = True
+    with tf.GradientTape() as tape:
+        y = bn(x, training=True)
+        loss = tf.reduce_sum(y * y)
+    grads = tape.gradient(loss, [bn.gamma, bn.beta])
+    np.testing.assert_allclose(np.asarray(y), np.asarray(bn(x, training=False)), atol=1e-6)
+    for v, b in zip((bn.moving_mean, bn.moving_variance), before):
+        np.testing.assert_array_equal(np.array(v), b)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
 def test_swish_is_silu_in_values_and_gradients_in_both_modes():
     x = tf.constant(np.linspace(-8.0, 8.0, 33, dtype="float32"))
     layer = Swish()

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_training_unit import write_classification_set, write_detection_set
@@ -166,6 +167,59 @@ def _tiny_classifier(name, num_classes=None, image_size=None, **overrides):
     x = keras.layers.Dense(num_classes, name="predictions")(x)
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=name)
+
+
+def _tiny_classifier_with_project_bn(name, num_classes=None, image_size=None, **overrides):
+    """`_tiny_classifier` with the project's BatchNormalization (the one the models use)."""
+    import keras
+
+    from efficientdet.models.layers import batch_norm
+
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name="conv")(x)
+    x = batch_norm("bn")(x)
+    x = keras.layers.Activation("swish")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    logits = keras.layers.Dense(num_classes, name="predictions")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def test_frozen_bn_fraction_trains_the_last_steps_on_moving_statistics(tmp_path, monkeypatch):
+    """train.frozen_bn_fraction=0.5 over 8 steps: BN moving statistics move during steps 1-4
+    and stay fixed during 5-8, while BN's gamma and the other weights keep training."""
+    import efficientdet.models
+    from efficientdet.training.config import build_config
+    from efficientdet.training.hooks.base import Hook
+    from efficientdet.training.loop import train
+
+    monkeypatch.setattr(efficientdet.models, "build_model", _tiny_classifier_with_project_bn)
+    data = write_classification_set(tmp_path / "cls", per_class=4, classes=3, image_size=40)
+    seen = []
+
+    class Record(Hook):
+        def on_train_begin(self, trainer):
+            self.bn = trainer.model.get_layer("bn")
+            self.on_step_end(trainer, 0, None)
+
+        def on_step_end(self, trainer, step, logs):
+            seen.append((step, self.bn.moving_mean.numpy().copy(), self.bn.gamma.numpy().copy()))
+
+    config = build_config({
+        "task": "classification", "model": "efficientnet-b0", "image_size": 32,
+        "output": str(tmp_path / "run"), "data": {"train": str(data), "batch_size": 4},
+        "train": {"steps": 8, "log_every": 1, "frozen_bn_fraction": 0.5},
+        "optimizer": {"warmup_steps": 1, "lr": 0.2, "reference_batch": 4, "ema_decay": 0},
+        "logging": {"mlflow": False, "dllogger_stdout": False},
+    })
+    train(config, hooks=[Record()])
+    assert [s for s, _, _ in seen] == list(range(9))
+    means, gammas = [m for _, m, _ in seen], [g for _, _, g in seen]
+    for step in range(1, 5):  # batch statistics: the moving mean follows them
+        assert not np.array_equal(means[step], means[step - 1]), step
+    for step in range(5, 9):  # moving statistics: fixed, while gamma still trains
+        np.testing.assert_array_equal(means[step], means[4])
+        assert not np.array_equal(gammas[step], gammas[step - 1]), step
 
 
 def test_xla_and_amp_classification_no_nan(tmp_path, monkeypatch):

@@ -507,3 +507,13 @@ def test_deterministic_mode_settings_reach_every_function_call():
     assert settings == {"determinism": True,
                         "memory_optimization": rewriter_config_pb2.RewriterConfig.NO_MEM_OPT,
                         "soft_placement": True, "result": 3.0}
+
+
+def test_frozen_bn_step_is_the_start_of_the_last_fraction():
+    from efficientdet.training.trainer import frozen_bn_step
+
+    assert frozen_bn_step(800, 0.2) == 640
+    assert frozen_bn_step(10, 0.01) == 9  # at least the last step
+    assert frozen_bn_step(800, 0.0) is None
+    with pytest.raises(cfg.ConfigError, match="frozen_bn_fraction"):
+        cfg.build_config({"train": {"frozen_bn_fraction": 1.0}})

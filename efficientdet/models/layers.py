@@ -59,9 +59,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
         kwargs.setdefault("epsilon", BN_EPSILON)
         super().__init__(**kwargs)
         self.cross_replica = bool(cross_replica)
+        # Training state, not configuration: True normalises with the moving statistics (and
+        # stops updating them) while gamma and beta still train (`train.frozen_bn_fraction`).
+        self.use_moving_statistics = False
 
     def call(self, inputs, training=None, mask=None):
-        training = bool(training) and self.trainable  # a frozen BN normalises with its statistics
+        # a frozen BN normalises with its statistics
+        training = bool(training) and self.trainable and not self.use_moving_statistics
         hvd = _horovod_world() if (self.cross_replica and training) else None
         if hvd is not None:
             return self._synchronized_call(inputs, hvd)
@@ -137,6 +141,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     def get_config(self):
         return {**super().get_config(), "cross_replica": self.cross_replica}
+
+
+def batch_norm_layers(model) -> list[BatchNormalization]:
+    """Every BN layer of MODEL, nested models included, in layer order."""
+    found, stack = [], [model]
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, BatchNormalization):
+            found.append(layer)
+        stack.extend(reversed(getattr(layer, "layers", [])))
+    return found
 
 
 def batch_norm(name: str, sync_bn: bool = False) -> BatchNormalization:

@@ -80,6 +80,10 @@ class TrainSchedule:
     epochs: float = _setting(1.0, v.PositiveNumber)
     log_every: int = _setting(10, v.PositiveInt)
     throughput_warmup_steps: int = _setting(2, v.NonNegativeInt)
+    # The last fraction of the steps trains with BN on its moving statistics (frozen), so the
+    # network settles on the normalisation it is evaluated with (small batches or feature
+    # maps: docs/performance.md). 0: off.
+    frozen_bn_fraction: float = _setting(0.0, v.Fraction)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,14 @@ def _memory_optimizer_off() -> None:
     ctx.set_optimizer_experimental_options({})  # drops cached function-call options
 
 
+def frozen_bn_step(total_steps: int, fraction: float) -> int | None:
+    """The step from which BN trains on its moving statistics: the last FRACTION of
+    TOTAL_STEPS, at least one step when FRACTION > 0; None when off."""
+    if fraction <= 0:
+        return None
+    return total_steps - max(1, round(fraction * total_steps))
+
+
 def weights_digest(variables) -> str:
     """sha256 over the bytes of the variables, in order (to compare ranks and runs)."""
     import numpy as np
@@ -130,6 +138,7 @@ class Trainer:
         self.log_files: list[str] = []  # files a hook writes that belong in the run's record
         self.summary: dict = {}
         self.step = self.start_step = 0
+        self.bn_freeze_step: int | None = None  # from this step BN uses moving statistics
 
     # -- hooks ---------------------------------------------------------------------------------
     def _call(self, event: str, *args, reverse: bool = False) -> None:
@@ -173,6 +182,8 @@ class Trainer:
             self.summary = self._initial_summary()
             self._call("on_train_begin")
             while self.step < self.total_steps:
+                if self.bn_freeze_step is not None and self.step >= self.bn_freeze_step:
+                    self._freeze_batch_norm()  # once; also when resuming after the switch
                 self._run_step(*next(batches))
             self._finish()
             return self.summary
@@ -295,7 +306,23 @@ class Trainer:
             self.state_vars += list(self.ema.shadows) + [self.ema.num_updates]
         self.meter = ThroughputMeter(config.data.batch_size, self.ctx.size,
                                      config.train.throughput_warmup_steps)
+        self.bn_freeze_step = frozen_bn_step(self.total_steps, config.train.frozen_bn_fraction)
         self._build_step_functions()
+
+    def _freeze_batch_norm(self) -> None:
+        """BN normalises with its moving statistics from now on (gamma and beta still train);
+        the step function is traced again for it."""
+        from efficientdet.models.layers import batch_norm_layers
+
+        self.bn_freeze_step = None
+        layers = batch_norm_layers(self.model)
+        for layer in layers:
+            layer.use_moving_statistics = True
+        self._build_step_functions()
+        if self.is_chief:
+            log.info("step %d: %d BN layers use their moving statistics for the last %d steps "
+                     "(train.frozen_bn_fraction)", self.step + 1, len(layers),
+                     self.total_steps - self.step)
 
     def _build_step_functions(self) -> None:
         import tensorflow as tf
