@@ -6,7 +6,9 @@ training images (seed 0) and 64 validation images (seed 1) of 192 px, D0 from sc
 batch 8 on one process, peak lr 0.08 with 50 linear warm-up steps from 0.008 then cosine, SGD
 momentum 0.9, clipping at 10, L2 4e-5, focal loss, flip + scale jitter 0.1-2.0, no EMA; scored
 by `effdet evaluate` (top-5000, per-class hard NMS, 100 detections, pycocotools). Every run is
-the real `effdet train` / `effdet evaluate` command in its own process.
+the real `effdet train` / `effdet evaluate` command in its own process. The recipe's last 20% of
+steps on BN moving statistics (`train.frozen_bn_fraction`, which automl does not have) applies;
+`--set train.frozen_bn_fraction=0` leaves it out.
 
 Classification trains EfficientNet-B0 with `effdet train` and keras.applications EfficientNetB0
 (weights=None) with the same data pipeline, optimizer, schedule, label smoothing and weight
