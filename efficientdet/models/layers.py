@@ -64,7 +64,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.use_moving_statistics = False
 
     def call(self, inputs, training=None, mask=None):
-        # a frozen BN normalises with its statistics
+        # a non-trainable BN (Keras' frozen layer) normalises with its statistics, and so does
+        # one told to use them while it trains
         training = bool(training) and self.trainable and not self.use_moving_statistics
         hvd = _horovod_world() if (self.cross_replica and training) else None
         if hvd is not None:

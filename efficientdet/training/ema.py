@@ -43,6 +43,12 @@ class ExponentialMovingAverage(tf.Module):
             shadow.assign(decay * shadow + (1.0 - decay) * value)
         self.num_updates.assign_add(1)
 
+    def restart(self):
+        """Start averaging again from the current weights (warm-up included)."""
+        for shadow, var in zip(self.shadows, self._model_vars):
+            shadow.assign(tf.cast(_value(var), tf.float32))
+        self.num_updates.assign(0)
+
     def copy_to_model(self):
         for shadow, var in zip(self.shadows, self._model_vars):
             var.assign(tf.cast(shadow, var.dtype))

@@ -14,7 +14,7 @@ import logging
 from efficientdet.training.config import TrainConfig
 from efficientdet.training.hooks.base import Hook
 from efficientdet.training.hooks.stop_signal import TrainingInterrupted
-from efficientdet.training.trainer import Trainer, TrainingDiverged, use_deterministic_kernels
+from efficientdet.training.trainer import Trainer, TrainingDiverged, use_deterministic_mode
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "standard_hooks", "train"]
 
@@ -66,7 +66,7 @@ def train(config: TrainConfig, hooks: list[Hook] | None = None) -> dict:
     from efficientdet.training import distributed
 
     if config.data.deterministic:
-        use_deterministic_kernels()  # before the training step is built
+        use_deterministic_mode()  # before the training step is built
     ctx = distributed.init()
     if not ctx.is_chief:
         logging.getLogger().setLevel(logging.WARNING)

@@ -20,17 +20,21 @@ class ThroughputMeter:
         self._window_t = time.perf_counter()
         self._window_steps = 0
 
-    def step(self) -> None:
-        """Call after each finished step (after its results are materialized)."""
+    def step(self, warmup: bool = False) -> None:
+        """Call after each finished step (after its results are materialized). WARMUP: the
+        step traced its function again; its time and images stay out of the total rate."""
         now = time.perf_counter()
         self._seen += 1
         self._window_steps += 1
         if self._seen == self.warmup_steps:
             self._t0 = now
         elif self._seen > self.warmup_steps:
-            self._timed_steps += 1
+            if warmup:
+                self._excluded += now - (self._t_last if self._t_last is not None else self._t0)
+            else:
+                self._timed_steps += 1
+                self._excluded += self._pending
             self._t_last = now
-            self._excluded += self._pending
         self._pending = 0.0
 
     def exclude(self, seconds: float) -> None:

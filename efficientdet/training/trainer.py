@@ -40,7 +40,7 @@ def precision_policy(amp: bool) -> str:
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
 
 
-def use_deterministic_kernels() -> None:
+def use_deterministic_mode() -> None:
     """Runs of the same seed repeat bit for bit (``data.deterministic``; the input pipeline
     fixes its order and augmentation seeds itself). Two settings: TensorFlow's deterministic
     kernels, and no grappler memory optimizer. That optimizer rewrites a large AddN (the
@@ -48,7 +48,8 @@ def use_deterministic_kernels() -> None:
     additions to a temporary variable in whatever order the inputs arrive; once the
     executor's cost estimates settle, about 90 steps into a run, the order, and so the last
     bits of those gradients, change from run to run (docs/performance.md). oneDNN's kernels
-    and ops side by side stay on: with the rewrite gone they repeat too."""
+    and ops side by side stay on: with the rewrite gone they repeat too. `loop.train` calls
+    this; code that builds a `Trainer` itself calls it first."""
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
@@ -56,9 +57,11 @@ def use_deterministic_kernels() -> None:
 
 
 def _memory_optimizer_off() -> None:
-    """Turns grappler's memory optimizer off for the functions called after this. The option
-    is not among `tf.config.optimizer`'s switches, so it goes into the eager context's base
-    ConfigProto, from which TensorFlow builds the options every function call carries."""
+    """Turns grappler's memory optimizer off for the functions this thread calls after this
+    (and any thread that starts calling functions later). The option is not among
+    `tf.config.optimizer`'s switches, so it goes into the eager context's base ConfigProto
+    (a private attribute, checked below), from which TensorFlow builds the options each
+    function call carries."""
     from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
     from tensorflow.python.eager import context
 
@@ -69,15 +72,23 @@ def _memory_optimizer_off() -> None:
     config.graph_options.rewrite_options.memory_optimization = (
         rewriter_config_pb2.RewriterConfig.NO_MEM_OPT)
     ctx._config = config
-    ctx.set_optimizer_experimental_options({})  # drops cached function-call options
+    ctx.set_optimizer_experimental_options({})  # drops this thread's cached call options
+    carried = config_pb2.ConfigProto.FromString(
+        ctx.function_call_options.config_proto_serialized)
+    if (carried.graph_options.rewrite_options.memory_optimization
+            != rewriter_config_pb2.RewriterConfig.NO_MEM_OPT):  # a TensorFlow that differs
+        log.warning("data.deterministic: could not turn grappler's memory optimizer off; runs "
+                    "may part after ~90 steps (docs/performance.md)")
 
 
 def frozen_bn_step(total_steps: int, fraction: float) -> int | None:
     """The step from which BN trains on its moving statistics: the last FRACTION of
-    TOTAL_STEPS, at least one step when FRACTION > 0; None when off."""
+    TOTAL_STEPS, at least one step when FRACTION > 0; None when off, or when that would be
+    the whole run."""
     if fraction <= 0:
         return None
-    return total_steps - max(1, round(fraction * total_steps))
+    start = total_steps - max(1, round(fraction * total_steps))
+    return start if start > 0 else None  # from step 0 BN would never leave its initial values
 
 
 def weights_digest(variables) -> str:
@@ -139,6 +150,7 @@ class Trainer:
         self.summary: dict = {}
         self.step = self.start_step = 0
         self.bn_freeze_step: int | None = None  # from this step BN uses moving statistics
+        self._retraced = False  # the next step traces its function again
 
     # -- hooks ---------------------------------------------------------------------------------
     def _call(self, event: str, *args, reverse: bool = False) -> None:
@@ -199,7 +211,8 @@ class Trainer:
         losses, flag = self.train_step(images, labels,
                                        tf.constant(float(self.stop_signal > 0)))
         self.step += 1
-        self.meter.step()
+        self.meter.step(warmup=self._retraced)
+        self._retraced = False
         total_loss = float(losses["total_loss"])
         if not math.isfinite(total_loss):
             raise TrainingDiverged(f"loss is {total_loss} at step {self.step} "
@@ -311,14 +324,22 @@ class Trainer:
 
     def _freeze_batch_norm(self) -> None:
         """BN normalises with its moving statistics from now on (gamma and beta still train);
-        the step function is traced again for it."""
+        the EMA starts again from the current weights, and the step function is traced
+        again (a step the throughput leaves out)."""
         from efficientdet.models.layers import batch_norm_layers
 
         self.bn_freeze_step = None
         layers = batch_norm_layers(self.model)
+        # Each rank's statistics come from its own shard: from now on they normalise, so every
+        # rank takes their mean, which is what the final model keeps (BatchNormAveraging).
+        self.ctx.average_variables([v for layer in layers
+                                    for v in (layer.moving_mean, layer.moving_variance)])
         for layer in layers:
             layer.use_moving_statistics = True
+        if self.ema is not None:  # the final weights average the phase they are evaluated in
+            self.ema.restart()
         self._build_step_functions()
+        self._retraced = True
         if self.is_chief:
             log.info("step %d: %d BN layers use their moving statistics for the last %d steps "
                      "(train.frozen_bn_fraction)", self.step + 1, len(layers),
