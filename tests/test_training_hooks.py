@@ -96,7 +96,7 @@ def _fake_build(trainer, losses=None, batches=None):
     trainer.step_var = step_var
     trainer.state_vars = []
     trainer.store = FakeStore()
-    trainer.meter = SimpleNamespace(step=lambda: None, window=lambda: 8.0)
+    trainer.meter = SimpleNamespace(step=lambda warmup=False: None, window=lambda: 8.0)
     trainer.current_lr = lambda: 0.01
     trainer.train_step = lambda images, labels, stop: (losses(trainer.step + 1),
                                                        trainer.ctx.allreduce_grads([], [stop])[1])
