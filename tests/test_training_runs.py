@@ -222,6 +222,47 @@ def test_frozen_bn_fraction_trains_the_last_steps_on_moving_statistics(tmp_path,
         assert not np.array_equal(gammas[step], gammas[step - 1]), step
 
 
+def test_resuming_past_the_frozen_bn_switch_keeps_the_checkpointed_ema(tmp_path, monkeypatch):
+    """A run stopped at step 6 of 8 (BN frozen from step 4) and resumed keeps the EMA it
+    checkpointed, which has averaged since the switch: 4 updates at the end, not 2 (a
+    restart at the resume would drop steps 5-6)."""
+    import efficientdet.models
+    from efficientdet.training.config import build_config
+    from efficientdet.training.hooks.base import Hook
+    from efficientdet.training.hooks.checkpointing import Checkpointing
+    from efficientdet.training.loop import train
+
+    monkeypatch.setattr(efficientdet.models, "build_model", _tiny_classifier_with_project_bn)
+    data = write_classification_set(tmp_path / "cls", per_class=4, classes=3, image_size=40)
+
+    class Stop(Exception):
+        pass
+
+    class StopAt6(Hook):
+        def on_step_end(self, trainer, step, logs):
+            if step == 6:
+                raise Stop
+
+    class Record(Hook):
+        def on_train_end(self, trainer):
+            self.updates = int(trainer.ema.num_updates.numpy())
+            self.frozen = trainer.model.get_layer("bn").use_moving_statistics
+
+    config = build_config({
+        "task": "classification", "model": "efficientnet-b0", "image_size": 32,
+        "output": str(tmp_path / "run"), "data": {"train": str(data), "batch_size": 4},
+        "train": {"steps": 8, "log_every": 1, "frozen_bn_fraction": 0.5},
+        "optimizer": {"warmup_steps": 1, "lr": 0.2, "reference_batch": 4, "ema_decay": 0.9},
+        "logging": {"mlflow": False, "dllogger_stdout": False},
+    })
+    with pytest.raises(Stop):
+        train(config, hooks=[Checkpointing(6), StopAt6()])
+    record = Record()
+    summary = train(config, hooks=[Checkpointing(6), record])
+    assert summary["resumed_from_step"] == 6
+    assert record.frozen and record.updates == 4
+
+
 def test_xla_and_amp_classification_no_nan(tmp_path, monkeypatch):
     """The XLA-compiled step under mixed_bfloat16, label smoothing, the classification task
     end to end (real input pipeline, loop, checkpoint and artifact)."""

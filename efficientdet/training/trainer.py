@@ -150,6 +150,7 @@ class Trainer:
         self.summary: dict = {}
         self.step = self.start_step = 0
         self.bn_freeze_step: int | None = None  # from this step BN uses moving statistics
+        self.bn_frozen = False  # BN normalises with its moving statistics
         self._retraced = False  # the next step traces its function again
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -194,8 +195,9 @@ class Trainer:
             self.summary = self._initial_summary()
             self._call("on_train_begin")
             while self.step < self.total_steps:
-                if self.bn_freeze_step is not None and self.step >= self.bn_freeze_step:
-                    self._freeze_batch_norm()  # once; also when resuming after the switch
+                if (not self.bn_frozen and self.bn_freeze_step is not None
+                        and self.step >= self.bn_freeze_step):
+                    self._freeze_batch_norm(resumed=self.step > self.bn_freeze_step)
                 self._run_step(*next(batches))
             self._finish()
             return self.summary
@@ -322,28 +324,30 @@ class Trainer:
         self.bn_freeze_step = frozen_bn_step(self.total_steps, config.train.frozen_bn_fraction)
         self._build_step_functions()
 
-    def _freeze_batch_norm(self) -> None:
-        """BN normalises with its moving statistics from now on (gamma and beta still train);
-        the EMA starts again from the current weights, and the step function is traced
-        again (a step the throughput leaves out)."""
+    def _freeze_batch_norm(self, resumed: bool = False) -> None:
+        """BN normalises with its moving statistics from now on (gamma and beta still train),
+        and the step function is traced again (a step the throughput leaves out). At the
+        switch the ranks first average their statistics and the EMA starts again from the
+        current weights; RESUMED past the switch, the checkpoint already holds both."""
         from efficientdet.models.layers import batch_norm_layers
 
-        self.bn_freeze_step = None
         layers = batch_norm_layers(self.model)
-        # Each rank's statistics come from its own shard: from now on they normalise, so every
-        # rank takes their mean, which is what the final model keeps (BatchNormAveraging).
-        self.ctx.average_variables([v for layer in layers
-                                    for v in (layer.moving_mean, layer.moving_variance)])
+        if not resumed:
+            # Each rank's statistics come from its own shard: from now on they normalise, so
+            # every rank takes their mean, which is what the final model keeps.
+            self.ctx.average_variables([v for layer in layers
+                                        for v in (layer.moving_mean, layer.moving_variance)])
+            if self.ema is not None:  # the final weights average the phase they are evaluated in
+                self.ema.restart()
         for layer in layers:
             layer.use_moving_statistics = True
-        if self.ema is not None:  # the final weights average the phase they are evaluated in
-            self.ema.restart()
+        self.bn_frozen = True
         self._build_step_functions()
         self._retraced = True
         if self.is_chief:
             log.info("step %d: %d BN layers use their moving statistics for the last %d steps "
-                     "(train.frozen_bn_fraction)", self.step + 1, len(layers),
-                     self.total_steps - self.step)
+                     "(train.frozen_bn_fraction)%s", self.step + 1, len(layers),
+                     self.total_steps - self.step, " (resumed past the switch)" if resumed else "")
 
     def _build_step_functions(self) -> None:
         import tensorflow as tf
