@@ -18,8 +18,9 @@ decay in a plain loop, and prints top-1 of both on the same validation set.
     .venv/bin/python benchmarks/bench_convergence.py --task classification --seeds 0,1,2
     .venv/bin/python benchmarks/bench_convergence.py --set data.deterministic=true --seeds 0,0
 
-Runs share the CPU with nothing else: one at a time. About 4 minutes per 400 detection steps
-on 2 cores.
+Runs share the CPU with nothing else: one at a time. 1.5-4 minutes per 400 detection steps on
+2 cores, by machine. At 400 steps a run's AP varies by about 0.1 (standard deviation) with its
+seed and its float rounding (docs/performance.md): compare means over six seeds or more.
 """
 
 from __future__ import annotations
@@ -109,9 +110,15 @@ def train_and_evaluate(settings, train, val, steps, seed, out: Path, log: Path, 
 
 
 def spread(values: list[float]) -> str:
+    """Mean, range and, from two runs on, the standard deviation and the mean's standard error
+    (two configurations differ beyond noise when their means are several errors apart)."""
     mean = statistics.fmean(values)
-    return (f"mean {mean:.3f}  min {min(values):.3f}  max {max(values):.3f}  "
+    text = (f"mean {mean:.3f}  min {min(values):.3f}  max {max(values):.3f}  "
             f"spread {max(values) - min(values):.3f}")
+    if len(values) > 1:
+        sd = statistics.stdev(values)
+        text += f"  sd {sd:.3f}  sem {sd / len(values) ** 0.5:.3f}"
+    return text
 
 
 def detection(args, work: Path, log: Path) -> None:

@@ -185,11 +185,24 @@ def _tiny_classifier_with_project_bn(name, num_classes=None, image_size=None, **
     return keras.Model(inputs, logits, name=name)
 
 
+def _frozen_bn_config(tmp_path, data, ema_decay):
+    """8 steps of the tiny classifier, BN frozen for the last 4."""
+    from efficientdet.training.config import build_config
+
+    return build_config({
+        "task": "classification", "model": "efficientnet-b0", "image_size": 32,
+        "output": str(tmp_path / "run"), "data": {"train": str(data), "batch_size": 4},
+        "train": {"steps": 8, "log_every": 1, "frozen_bn_fraction": 0.5},
+        "optimizer": {"warmup_steps": 1, "lr": 0.2, "reference_batch": 4,
+                      "ema_decay": ema_decay},
+        "logging": {"mlflow": False, "dllogger_stdout": False},
+    })
+
+
 def test_frozen_bn_fraction_trains_the_last_steps_on_moving_statistics(tmp_path, monkeypatch):
     """train.frozen_bn_fraction=0.5 over 8 steps: BN moving statistics move during steps 1-4
     and stay fixed during 5-8, while BN's gamma and the other weights keep training."""
     import efficientdet.models
-    from efficientdet.training.config import build_config
     from efficientdet.training.hooks.base import Hook
     from efficientdet.training.loop import train
 
@@ -205,13 +218,7 @@ def test_frozen_bn_fraction_trains_the_last_steps_on_moving_statistics(tmp_path,
         def on_step_end(self, trainer, step, logs):
             seen.append((step, self.bn.moving_mean.numpy().copy(), self.bn.gamma.numpy().copy()))
 
-    config = build_config({
-        "task": "classification", "model": "efficientnet-b0", "image_size": 32,
-        "output": str(tmp_path / "run"), "data": {"train": str(data), "batch_size": 4},
-        "train": {"steps": 8, "log_every": 1, "frozen_bn_fraction": 0.5},
-        "optimizer": {"warmup_steps": 1, "lr": 0.2, "reference_batch": 4, "ema_decay": 0},
-        "logging": {"mlflow": False, "dllogger_stdout": False},
-    })
+    config = _frozen_bn_config(tmp_path, data, ema_decay=0)
     train(config, hooks=[Record()])
     assert [s for s, _, _ in seen] == list(range(9))
     means, gammas = [m for _, m, _ in seen], [g for _, _, g in seen]
@@ -227,7 +234,6 @@ def test_resuming_past_the_frozen_bn_switch_keeps_the_checkpointed_ema(tmp_path,
     checkpointed, which has averaged since the switch: 4 updates at the end, not 2 (a
     restart at the resume would drop steps 5-6)."""
     import efficientdet.models
-    from efficientdet.training.config import build_config
     from efficientdet.training.hooks.base import Hook
     from efficientdet.training.hooks.checkpointing import Checkpointing
     from efficientdet.training.loop import train
@@ -248,13 +254,7 @@ def test_resuming_past_the_frozen_bn_switch_keeps_the_checkpointed_ema(tmp_path,
             self.updates = int(trainer.ema.num_updates.numpy())
             self.frozen = trainer.model.get_layer("bn").use_moving_statistics
 
-    config = build_config({
-        "task": "classification", "model": "efficientnet-b0", "image_size": 32,
-        "output": str(tmp_path / "run"), "data": {"train": str(data), "batch_size": 4},
-        "train": {"steps": 8, "log_every": 1, "frozen_bn_fraction": 0.5},
-        "optimizer": {"warmup_steps": 1, "lr": 0.2, "reference_batch": 4, "ema_decay": 0.9},
-        "logging": {"mlflow": False, "dllogger_stdout": False},
-    })
+    config = _frozen_bn_config(tmp_path, data, ema_decay=0.9)
     with pytest.raises(Stop):
         train(config, hooks=[Checkpointing(6), StopAt6()])
     record = Record()
