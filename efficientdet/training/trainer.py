@@ -150,7 +150,6 @@ class Trainer:
         self.summary: dict = {}
         self.step = self.start_step = 0
         self.bn_freeze_step: int | None = None  # from this step BN uses moving statistics
-        self.bn_frozen = False  # BN normalises with its moving statistics
         self._retraced = False  # the next step traces its function again
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -194,10 +193,12 @@ class Trainer:
             self._report_frozen()
             self.summary = self._initial_summary()
             self._call("on_train_begin")
+            switch = self.bn_freeze_step
+            if switch is not None and switch < self.step < self.total_steps:
+                self._freeze_batch_norm(resumed=True)  # the checkpoint is past the switch
             while self.step < self.total_steps:
-                if (not self.bn_frozen and self.bn_freeze_step is not None
-                        and self.step >= self.bn_freeze_step):
-                    self._freeze_batch_norm(resumed=self.step > self.bn_freeze_step)
+                if self.step == switch:
+                    self._freeze_batch_norm()
                 self._run_step(*next(batches))
             self._finish()
             return self.summary
@@ -341,7 +342,6 @@ class Trainer:
                 self.ema.restart()
         for layer in layers:
             layer.use_moving_statistics = True
-        self.bn_frozen = True
         self._build_step_functions()
         self._retraced = True
         if self.is_chief:
