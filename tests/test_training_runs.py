@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -153,24 +154,10 @@ def test_sigterm_checkpoint_then_resume_with_amp_and_mlflow(tmp_path, mlflow_env
     assert {"train_time_s", "params", "gmacs"} <= set(run.data.metrics)
 
 
-def _tiny_classifier(name, num_classes=None, image_size=None, **overrides):
+def _tiny_classifier(name, num_classes=None, image_size=None, project_bn=False, **overrides):
     """A small Keras classifier standing in for EfficientNet: XLA-compiling B0 takes minutes on
-    2 CPU cores (benchmarks/bench_train.py measures the real D0 with XLA)."""
-    import keras
-
-    inputs = keras.Input((image_size, image_size, 3))
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name="conv")(x)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.Activation("swish")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(num_classes, name="predictions")(x)
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
-    return keras.Model(inputs, logits, name=name)
-
-
-def _tiny_classifier_with_project_bn(name, num_classes=None, image_size=None, **overrides):
-    """`_tiny_classifier` with the project's BatchNormalization (the one the models use)."""
+    2 CPU cores (benchmarks/bench_train.py measures the real D0 with XLA). PROJECT_BN: its BN
+    is the project's BatchNormalization (the one the models use), not Keras'."""
     import keras
 
     from efficientdet.models.layers import batch_norm
@@ -178,11 +165,15 @@ def _tiny_classifier_with_project_bn(name, num_classes=None, image_size=None, **
     inputs = keras.Input((image_size, image_size, 3))
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name="conv")(x)
-    x = batch_norm("bn")(x)
+    x = batch_norm("bn")(x) if project_bn else keras.layers.BatchNormalization(name="bn")(x)
     x = keras.layers.Activation("swish")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    logits = keras.layers.Dense(num_classes, name="predictions")(x)
+    x = keras.layers.Dense(num_classes, name="predictions")(x)
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=name)
+
+
+_tiny_classifier_with_project_bn = functools.partial(_tiny_classifier, project_bn=True)
 
 
 def _frozen_bn_config(tmp_path, data, ema_decay):
